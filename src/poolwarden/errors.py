@@ -1,0 +1,65 @@
+"""The exceptions poolwarden raises, in one tree.
+
+```
+PoolwardenError                 base of everything poolwarden raises on purpose
+├── ConfigError                 a config file, a field or a setting is wrong
+│   └── DsnError                a DSN that cannot be parsed
+├── ProbeError                  a target could not be read
+│   ├── DatabaseUnreachable     nothing answers at the DSN's host and port
+│   ├── AuthenticationFailed    the server refused the user or the password
+│   └── DatabaseNotFound        the server answers but the database does not exist
+└── EmbeddedServerError         the embedded PostgreSQL could not be started or stopped
+```
+
+Every message names the object, gives the numbers and says what to change. The CLI turns
+these into one line on stderr and exit code 2; DSNs in messages are always redacted.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuthenticationFailed",
+    "ConfigError",
+    "DatabaseNotFound",
+    "DatabaseUnreachable",
+    "DsnError",
+    "EmbeddedServerError",
+    "PoolwardenError",
+    "ProbeError",
+]
+
+
+class PoolwardenError(Exception):
+    """Base class of every error poolwarden raises on purpose."""
+
+
+class ConfigError(PoolwardenError):
+    """A config file, one of its fields or a setting is wrong; the message says how to fix it."""
+
+
+class DsnError(ConfigError):
+    """A DSN that cannot be parsed."""
+
+
+class ProbeError(PoolwardenError):
+    """A target (database, PgBouncer, /metrics endpoint) could not be read."""
+
+    def __init__(self, message: str, *, target: str = "") -> None:
+        super().__init__(message)
+        self.target = target
+
+
+class DatabaseUnreachable(ProbeError):
+    """Nothing answers at the DSN's host and port, or the connection timed out."""
+
+
+class AuthenticationFailed(ProbeError):
+    """The server refused the user or the password."""
+
+
+class DatabaseNotFound(ProbeError):
+    """The server answers but the database named in the DSN does not exist."""
+
+
+class EmbeddedServerError(PoolwardenError):
+    """The embedded PostgreSQL server could not be initialised, started or stopped."""
