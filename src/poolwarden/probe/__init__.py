@@ -1,0 +1,1 @@
+"""Read-only collectors: each returns plain frozen dataclasses and never judges them."""
