@@ -22,9 +22,13 @@ REDACTED = "***"
 
 # URL form: scheme://user:password@host — the password is whatever sits between the
 # first ':' after '//' and the last '@' before the host part.
-_URL_PASSWORD = re.compile(r"^(?P<head>[a-z][a-z0-9+.-]*://[^:/@?#]*):(?P<pw>[^@/?#]*)@", re.I)
-# key=value form: password=secret or password='sec ret' (quotes may hold escaped quotes).
-_KV_PASSWORD = re.compile(r"(?P<key>\bpassword\s*=\s*)(?P<pw>'(?:[^'\\]|\\.)*'|\S+)", re.I)
+# Unanchored, so URLs inside free text (error messages, JSON) are caught too.
+_URL_PASSWORD = re.compile(r"(?P<head>\b[a-z][a-z0-9+.-]*://[^:/@?#\s]*):(?P<pw>[^@/?#\s]*)@", re.I)
+# key=value form: password=secret or password='sec ret' (quotes may hold escaped quotes);
+# not after ? or &, where it is a URL query parameter handled below.
+_KV_PASSWORD = re.compile(
+    r"(?<![?&])(?P<key>\bpassword\s*=\s*)(?P<pw>'(?:[^'\\]|\\.)*'|[^\s\"]+)", re.I
+)
 # URL query parameter ?password=... or &password=...
 _QUERY_PASSWORD = re.compile(r"(?P<key>[?&]password=)(?P<pw>[^&#]*)", re.I)
 _SQLALCHEMY_DRIVER = re.compile(r"^(postgres(?:ql)?)\+[a-z0-9_]+://", re.I)
@@ -41,8 +45,11 @@ class ResolvedDsn:
 
 
 def redact_dsn(dsn: str) -> str:
-    """Return `dsn` with any password replaced by `***`; works on unparsable strings too."""
-    out = _URL_PASSWORD.sub(lambda m: f"{m['head']}:{REDACTED}@", dsn, count=1)
+    """Return `dsn` with any password replaced by `***`.
+
+    Works on unparsable strings and on free text holding DSNs (messages, JSON documents).
+    """
+    out = _URL_PASSWORD.sub(lambda m: f"{m['head']}:{REDACTED}@", dsn)
     out = _QUERY_PASSWORD.sub(lambda m: f"{m['key']}{REDACTED}", out)
     return _KV_PASSWORD.sub(lambda m: f"{m['key']}{REDACTED}", out)
 

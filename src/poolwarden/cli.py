@@ -18,9 +18,10 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from poolwarden._dsn import redact_dsn, resolve_dsn
+from poolwarden._dsn import normalize_dsn, redact_dsn, resolve_dsn
+from poolwarden.config import load_config
 from poolwarden.embedded import EmbeddedServer, EmbeddedStatus
-from poolwarden.errors import PoolwardenError
+from poolwarden.errors import ConfigError, PoolwardenError
 from poolwarden.probe.postgres import snapshot
 
 __all__ = ["app", "main"]
@@ -44,6 +45,10 @@ app.add_typer(db_app, name="db")
 DirOption = Annotated[
     Path | None,
     typer.Option("--dir", help="Data directory of the embedded server [default: user data dir]."),
+]
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="poolwarden.yaml with the databases to read."),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 
@@ -122,18 +127,49 @@ def status_cmd(
             help="Server to read [default: $POOLWARDEN_DSN, $DATABASE_URL, else the embedded one].",
         ),
     ] = None,
+    config: ConfigOption = None,
+    database: Annotated[
+        str | None,
+        typer.Option("--database", help="Which database of the config file to read."),
+    ] = None,
     json_: JsonOption = False,
 ) -> None:
     """Show who holds the server's connection slots, by application."""
     from poolwarden._render import render_status
 
-    resolved = resolve_dsn(dsn)
-    target = resolved.dsn if resolved.dsn is not None else EmbeddedServer().ensure_running()
-    snap = snapshot(target)
+    snap = snapshot(_target_dsn(dsn, config, database))
     if json_:
         _print_json(snap)
     else:
         render_status(snap, _out)
+
+
+def _target_dsn(dsn: str | None, config: Path | None, database: str | None) -> str:
+    """Resolve the DSN: --dsn, the config file's database, the environment, else embedded."""
+    if dsn is None and config is not None:
+        return _config_database(config, database)
+    if database is not None:
+        raise ConfigError("--database needs --config FILE; or pass --dsn instead")
+    resolved = resolve_dsn(dsn)
+    return resolved.dsn if resolved.dsn is not None else EmbeddedServer().ensure_running()
+
+
+def _config_database(path: Path, name: str | None) -> str:
+    databases = load_config(path).databases
+    if name is not None:
+        if name not in databases:
+            known = ", ".join(sorted(databases)) or "none"
+            raise ConfigError(f"{path}: no database {name!r} (defined: {known}); fix --database")
+        return normalize_dsn(databases[name].dsn, origin=f"{path}: databases.{name}.dsn")
+    if len(databases) != 1:
+        known = ", ".join(sorted(databases)) or "none"
+        raise ConfigError(
+            f"{path}: {len(databases)} databases defined ({known}); pick one with --database NAME"
+            if databases
+            else f"{path}: no databases defined; add one under 'databases:' or pass --dsn"
+        )
+    ((only, db),) = databases.items()
+    return normalize_dsn(db.dsn, origin=f"{path}: databases.{only}.dsn")
 
 
 # -- plumbing ----------------------------------------------------------------------------

@@ -34,7 +34,7 @@ import psycopg
 
 from poolwarden.errors import ConfigError, EmbeddedServerError
 
-__all__ = ["DEFAULT_PORT", "EmbeddedServer", "EmbeddedStatus", "default_data_dir"]
+__all__ = ["EmbeddedServer", "EmbeddedStatus", "default_data_dir"]
 
 _log = logging.getLogger("poolwarden.embedded")
 
@@ -103,9 +103,10 @@ class EmbeddedServer:
     ) -> EmbeddedStatus:
         """Start the server (initialising it on first use) with these settings applied."""
         with self._lock():
+            # Validate before initdb: bad input must leave nothing half-made behind.
+            wanted = self._wanted_settings(max_connections, port, settings)
             if not self._initialized():
                 self._initdb()
-            wanted = self._wanted_settings(max_connections, port, settings)
             current = self._read_conf()
             changed = {k for k in wanted.keys() | current.keys() if wanted.get(k) != current.get(k)}
             if changed:
@@ -289,7 +290,8 @@ class EmbeddedServer:
         with contextlib.suppress(OSError):
             lines += [ln for ln in self._log.read_text().splitlines()[-8:] if ln.strip()]
         errors = [ln for ln in lines if any(w in ln for w in ("FATAL", "ERROR", "error:"))]
-        detail = (errors or lines or ["no output"])[-1].strip()
+        # The first error is the cause; later ones are usually cleanup failing after it.
+        detail = (errors or lines or ["no output"])[0 if errors else -1].strip()
         return f"embedded server in {self.data_dir}: {tool} failed: {detail}; see {self._log}"
 
     def _wait_ready(self) -> None:
