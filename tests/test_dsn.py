@@ -87,3 +87,12 @@ def test_resolve_names_the_environment_variable_that_is_wrong(
     monkeypatch.setenv("DATABASE_URL", "host=h oops")
     with pytest.raises(DsnError, match=r"^DATABASE_URL: "):
         resolve_dsn(None)
+
+
+@pytest.mark.parametrize("dsn", ["postgresql://u:x%zz@h/db", "postgresql://u:pw-leak@[::1"])
+def test_parse_errors_never_quote_the_password(dsn: str) -> None:
+    """libpq quotes the offending token; when that token is the password it is masked."""
+    with pytest.raises(DsnError) as err:
+        normalize_dsn(dsn)
+    assert "x%zz" not in str(err.value)
+    assert "pw-leak" not in str(err.value)

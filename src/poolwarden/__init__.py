@@ -1,7 +1,21 @@
-"""poolwarden: keep a PostgreSQL-backed service from being taken down by its connection pool."""
+"""poolwarden: keep a PostgreSQL-backed service from being taken down by its connection pool.
+
+The public API, re-exported here so users import from one place:
+
+- `snapshot(dsn)` reads a server's connection slots into a frozen `ServerSnapshot`;
+- `EmbeddedServer` runs the private PostgreSQL server the CLI and the tests use;
+- `load_config(path)` reads `poolwarden.yaml`;
+- `redact_dsn(dsn)` hides passwords in DSNs and in text holding DSNs;
+- the exception tree under `PoolwardenError` (drawn in `poolwarden.errors`).
+"""
 
 from __future__ import annotations
 
+import logging
+
+from poolwarden._dsn import redact_dsn
+from poolwarden.config import Config, DatabaseConfig, TargetConfig, load_config
+from poolwarden.embedded import EmbeddedServer, EmbeddedStatus, default_data_dir
 from poolwarden.errors import (
     AuthenticationFailed,
     ConfigError,
@@ -12,14 +26,43 @@ from poolwarden.errors import (
     PoolwardenError,
     ProbeError,
 )
+from poolwarden.probe.postgres import (
+    ActiveQuery,
+    BackgroundGroup,
+    ConnectionGroup,
+    ConnectionLimit,
+    IdleInTransaction,
+    LockWait,
+    ServerSnapshot,
+    snapshot,
+)
+
+# Library etiquette: never configure logging for the application, never warn "no handler".
+logging.getLogger("poolwarden").addHandler(logging.NullHandler())
 
 __all__ = [
+    "ActiveQuery",
     "AuthenticationFailed",
+    "BackgroundGroup",
+    "Config",
     "ConfigError",
+    "ConnectionGroup",
+    "ConnectionLimit",
+    "DatabaseConfig",
     "DatabaseNotFound",
     "DatabaseUnreachable",
     "DsnError",
+    "EmbeddedServer",
     "EmbeddedServerError",
+    "EmbeddedStatus",
+    "IdleInTransaction",
+    "LockWait",
     "PoolwardenError",
     "ProbeError",
+    "ServerSnapshot",
+    "TargetConfig",
+    "default_data_dir",
+    "load_config",
+    "redact_dsn",
+    "snapshot",
 ]

@@ -67,8 +67,7 @@ def normalize_dsn(dsn: str, *, origin: str = "DSN") -> str:
     try:
         conninfo_to_dict(text)
     except psycopg.ProgrammingError as exc:
-        # libpq quotes the offending token, which may be part of a password.
-        reason = "syntax error" if "password" in text.lower() else _first_line(str(exc))
+        reason = _safe_reason(text, _first_line(str(exc)))
         raise DsnError(
             f"{origin}: cannot parse DSN {redact_dsn(text)!r} ({reason}); "
             "write it as postgresql://user@host:port/dbname or 'host=... dbname=...'"
@@ -100,6 +99,15 @@ def describe_target(dsn: str) -> str:
     dbname = str(params.get("dbname") or os.environ.get("PGDATABASE") or user)
     where = f"{host}:{port}" if not host.startswith("/") else f"{host} (socket, port {port})"
     return f"{user + '@' if user else ''}{where}/{dbname}"
+
+
+def _safe_reason(dsn: str, reason: str) -> str:
+    """Keep libpq's reason, but mask any quoted token the redacted DSN does not show.
+
+    libpq quotes the offending token, which may be (part of) a password.
+    """
+    shown = redact_dsn(dsn)
+    return re.sub(r'"([^"]*)"', lambda m: m[0] if m[1] in shown else '"***"', reason)
 
 
 def _first_line(text: str) -> str:
