@@ -45,3 +45,16 @@ def test_every_public_module_declares_all() -> None:
     assert [
         m for m in _public_modules() if not hasattr(importlib.import_module(m), "__all__")
     ] == []
+
+
+def test_every_subpackage_reexports_its_modules_names() -> None:
+    """`poolwarden.guard` and friends re-export their modules' names (private modules too), sorted."""
+    for info in pkgutil.walk_packages(poolwarden.__path__, "poolwarden."):
+        if not info.ispkg:
+            continue
+        package = importlib.import_module(info.name)
+        assert list(package.__all__) == sorted(package.__all__), info.name
+        for sub in pkgutil.iter_modules(package.__path__, info.name + "."):
+            module = importlib.import_module(sub.name)
+            missing = set(getattr(module, "__all__", ())) - set(package.__all__)
+            assert not missing, f"add to {info.name}.__all__: {sorted(missing)}"
