@@ -14,8 +14,6 @@ from poolwarden.errors import (
     ProbeError,
 )
 
-__all__ = ["connect"]
-
 # libpq reports connection failures as text only (no SQLSTATE reaches psycopg before the
 # session exists), so classify by the server's and libpq's fixed message wording.
 _AUTH = re.compile(
