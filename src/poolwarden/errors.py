@@ -3,7 +3,9 @@
 ```
 PoolwardenError                 base of everything poolwarden raises on purpose
 ├── ConfigError                 a config file, a field or a setting is wrong
-│   └── DsnError                a DSN that cannot be parsed
+│   ├── DsnError                a DSN that cannot be parsed
+│   └── BudgetExceeded          the declared pools need more connections than the server has
+├── PoolSaturated               the guard refused a connection: queue full, deadline or shed
 ├── ProbeError                  a target could not be read
 │   ├── DatabaseUnreachable     nothing answers at the DSN's host and port
 │   ├── AuthenticationFailed    the server refused the user or the password
@@ -11,7 +13,10 @@ PoolwardenError                 base of everything poolwarden raises on purpose
 └── EmbeddedServerError         the embedded PostgreSQL could not be started or stopped
 ```
 
-Every message names the object, gives the numbers and says what to change. The CLI turns
+The guard's adapters raise subclasses of `PoolSaturated` that also subclass the error their
+library already raises for a pool timeout (`psycopg_pool.PoolTimeout`,
+`sqlalchemy.exc.TimeoutError`, `TimeoutError` for asyncpg), so existing handlers keep
+working. Every message names the object, gives the numbers and says what to change. The CLI turns
 these into one line on stderr and exit code 2; DSNs in messages are always redacted.
 """
 
@@ -19,11 +24,13 @@ from __future__ import annotations
 
 __all__ = [
     "AuthenticationFailed",
+    "BudgetExceeded",
     "ConfigError",
     "DatabaseNotFound",
     "DatabaseUnreachable",
     "DsnError",
     "EmbeddedServerError",
+    "PoolSaturated",
     "PoolwardenError",
     "ProbeError",
 ]
@@ -39,6 +46,33 @@ class ConfigError(PoolwardenError):
 
 class DsnError(ConfigError):
     """A DSN that cannot be parsed."""
+
+
+class BudgetExceeded(ConfigError):
+    """The declared pools would take more connections than the server can give them."""
+
+    def __init__(self, message: str, *, verdict: object = None) -> None:
+        super().__init__(message)
+        self.verdict = verdict
+
+
+class PoolSaturated(PoolwardenError):
+    """The guard refused a connection: wait queue full, deadline passed, or shed."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        pool: str = "",
+        reason: str = "",
+        retry_after: float = 0.0,
+        snapshot: object = None,
+    ) -> None:
+        super().__init__(message)
+        self.pool = pool
+        self.reason = reason
+        self.retry_after = retry_after
+        self.snapshot = snapshot
 
 
 class ProbeError(PoolwardenError):
