@@ -21,6 +21,14 @@ from poolwarden.guard.admission import (
     RejectReason,
     Wake,
 )
+from poolwarden.guard.budget import (
+    Budget,
+    BudgetVerdict,
+    ServerSlots,
+    apply_budget,
+    check_budget,
+    decide_budget,
+)
 from poolwarden.guard.leaks import Checkout, LeakTracker
 from poolwarden.guard.limits import AIMDLimit, ConcurrencyLimit, FixedLimit, Gradient2Limit
 from poolwarden.guard.metrics import GuardCollector, PoolMetrics, PoolState, collector_for
@@ -39,6 +47,8 @@ __all__ = [
     "AdmissionStats",
     "Admit",
     "AsyncAdmission",
+    "Budget",
+    "BudgetVerdict",
     "Checkout",
     "ConcurrencyLimit",
     "Enqueue",
@@ -57,8 +67,12 @@ __all__ = [
     "PsycopgPoolSaturated",
     "Reject",
     "RejectReason",
+    "ServerSlots",
     "Wake",
+    "apply_budget",
+    "check_budget",
     "collector_for",
     "complete",
+    "decide_budget",
     "guard",
 ]
