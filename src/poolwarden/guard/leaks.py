@@ -41,6 +41,8 @@ _PLUMBING = (
     "fastapi",
     "threading",
 )
+# Match whole package names: a user module called ``asyncio_jobs`` is not plumbing.
+_PLUMBING_PACKAGES = tuple(f"{name}." for name in _PLUMBING)
 
 
 def call_site(skip: int = 1) -> str:
@@ -49,7 +51,7 @@ def call_site(skip: int = 1) -> str:
     first: FrameType | None = frame
     while frame is not None:
         module = frame.f_globals.get("__name__", "")
-        if not module.startswith(_PLUMBING):
+        if module not in _PLUMBING and not module.startswith(_PLUMBING_PACKAGES):
             break
         frame = frame.f_back
     chosen = frame or first

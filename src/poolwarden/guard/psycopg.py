@@ -9,6 +9,7 @@ pool's own queue stays empty and a refusal costs microseconds instead of ``timeo
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -88,6 +89,8 @@ class _Guarded:
         return self._pool
 
     def __getattr__(self, name: str) -> Any:
+        if name == "_pool":  # not set yet (copy, pickle, failed __init__): no recursion
+            raise AttributeError(name)
         return getattr(self._pool, name)
 
     def __repr__(self) -> str:
@@ -162,10 +165,20 @@ class GuardedAsyncConnectionPool(_Guarded, Generic[CT]):
 
     async def _getconn(self, admit: Any, requested: float, timeout: float | None) -> Any:
         getconn: Callable[[float], Awaitable[Any]] = self._pool.getconn
+        task = asyncio.current_task()
+        cancels = 0 if task is None else task.cancelling()
         try:
-            return await getconn(self.guard.remaining(admit, timeout))
+            conn = await getconn(self.guard.remaining(admit, timeout))
         except PoolTimeout as exc:
             raise self.guard.pool_timeout(admit, time.monotonic() - requested) from exc
+        if task is not None and task.cancelling() > cancels:
+            # psycopg_pool swallows a cancellation that lands while a returned connection
+            # is being handed to this waiter (its wait_for on Python 3.11; psycopg #1401):
+            # the caller would run on, deaf to its timeout or task group. Give the
+            # connection back and deliver the cancellation it asked for.
+            await complete(self._pool.putconn(conn))
+            raise asyncio.CancelledError
+        return conn
 
     async def __aenter__(self) -> GuardedAsyncConnectionPool[CT]:
         await self._pool.__aenter__()
