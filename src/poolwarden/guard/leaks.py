@@ -19,7 +19,7 @@ import traceback
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from types import FrameType
+from types import CodeType, FrameType
 
 from poolwarden.errors import ConfigError
 
@@ -45,30 +45,49 @@ _PLUMBING = (
 _PLUMBING_PACKAGES = tuple(f"{name}." for name in _PLUMBING)
 
 
-def call_site(skip: int = 1) -> str:
-    """Return ``file:line in function`` of the first caller outside the plumbing packages."""
-    frame: FrameType | None = sys._getframe(skip)
-    first: FrameType | None = frame
+def _site_frame(skip: int) -> FrameType | None:
+    """Return the first frame, ``skip`` up from the caller, outside the plumbing packages."""
+    frame: FrameType | None = sys._getframe(skip + 1)
+    first = frame
     while frame is not None:
         module = frame.f_globals.get("__name__", "")
         if module not in _PLUMBING and not module.startswith(_PLUMBING_PACKAGES):
-            break
+            return frame
         frame = frame.f_back
-    chosen = frame or first
-    if chosen is None:
+    return first
+
+
+def _format_site(code: CodeType | None, line: int) -> str:
+    if code is None:
         return "<unknown>"
-    return f"{chosen.f_code.co_filename}:{chosen.f_lineno} in {chosen.f_code.co_name}"
+    return f"{code.co_filename}:{line} in {code.co_name}"
+
+
+def call_site(skip: int = 1) -> str:
+    """Return ``file:line in function`` of the first caller outside the plumbing packages."""
+    frame = _site_frame(skip)
+    return _format_site(frame.f_code, frame.f_lineno) if frame else "<unknown>"
 
 
 @dataclass(slots=True, eq=False)
 class Checkout:
-    """One borrowed connection being watched."""
+    """One borrowed connection being watched.
+
+    The call site is kept as a code object and a line number (no locals are held) and
+    formatted only when someone reads ``site``: most checkouts are never reported.
+    """
 
     token: int
     started: float
-    site: str
+    code: CodeType | None
+    line: int
     stack: str | None
     reported: bool = field(default=False)
+
+    @property
+    def site(self) -> str:
+        """``file:line in function`` where the connection was acquired."""
+        return _format_site(self.code, self.line)
 
 
 class LeakTracker:
@@ -99,17 +118,23 @@ class LeakTracker:
     def start(self, skip: int = 2) -> Checkout:
         """Record a checkout made by the caller ``skip`` frames up; start the watchdog."""
         stack = "".join(traceback.format_stack(sys._getframe(skip))) if self.full_stack else None
-        checkout = Checkout(next(self._tokens), self._clock(), call_site(skip + 1), stack)
-        with self._lock:
-            self._open[checkout.token] = checkout
-            if self._watchdog is None:
-                self._start_watchdog()
+        frame = _site_frame(skip)
+        checkout = Checkout(
+            next(self._tokens), self._clock(),
+            frame.f_code if frame else None, frame.f_lineno if frame else 0, stack,
+        )  # fmt: skip
+        # A dict insert or pop is atomic under the GIL and the watchdog copies the values
+        # before iterating, so the hot path takes no lock; only the first start does.
+        self._open[checkout.token] = checkout
+        if self._watchdog is None:
+            with self._lock:
+                if self._watchdog is None:
+                    self._start_watchdog()
         return checkout
 
     def finish(self, checkout: Checkout) -> None:
         """Forget a returned checkout; if it was reported as leaked, say it came back."""
-        with self._lock:
-            self._open.pop(checkout.token, None)
+        self._open.pop(checkout.token, None)
         if checkout.reported:
             _log.info(
                 "pool %r: connection acquired at %s returned after %.1f s "
@@ -120,9 +145,9 @@ class LeakTracker:
     def check(self) -> list[Checkout]:
         """Report every checkout newly past the threshold; return them."""
         now = self._clock()
-        with self._lock:
+        with self._lock:  # one checker at a time, so each leak is reported once
             overdue = [
-                c for c in self._open.values()
+                c for c in list(self._open.values())
                 if not c.reported and now - c.started > self.threshold
             ]  # fmt: skip
             for checkout in overdue:
@@ -133,8 +158,7 @@ class LeakTracker:
 
     def outstanding(self) -> int:
         """Return how many checkouts are open now."""
-        with self._lock:
-            return len(self._open)
+        return len(self._open)
 
     def close(self) -> None:
         """Stop the watchdog thread."""

@@ -1,0 +1,230 @@
+"""Overload: open-loop arrivals against a plain pool of 100 and a guarded pool, in one run.
+
+    python -m bench.overload [--duration 5] [--loads 0.5,1,3,10] [--json]
+
+1. Measures the capacity of a short write transaction (UPDATE + COMMIT) on the server with
+   a closed-loop sweep over concurrency, and keeps the best concurrency.
+2. For each load factor, sends requests at a fixed rate (load x capacity) for `duration`
+   seconds. Arrivals are scheduled in advance and latency is measured from the scheduled
+   start, so a stalled client cannot hide queueing (no coordinated omission, as in wrk2).
+3. Runs the same arrivals through a plain psycopg_pool of max 100 (timeout 30 s, its
+   default) and through the guard with its limit at the best concurrency.
+
+Reports served throughput, p50/p99 of served requests, rejections and how fast they came.
+Every loop is bounded: arrivals stop after `duration`, and whatever is still running
+`drain` seconds later is cancelled and counted as unserved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import random
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from bench._server import machine, server
+from poolwarden.guard import guard
+
+ROWS = 10_000
+# A short write transaction that also costs the server some CPU (the generate_series
+# count is calibrated to --work-ms), so the server, not this Python client, saturates
+# first: on a small machine a bare UPDATE is cheaper for PostgreSQL than for asyncio.
+SQL = (
+    "WITH w AS (SELECT count(*) FROM generate_series(1, %s)) "
+    "UPDATE bench_accounts SET balance = balance + (SELECT count(*) FROM w) WHERE id = %s"
+)
+_WORK = {"n": 1}
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """One arm at one load: what was served and how fast, what was refused."""
+
+    arm: str
+    load: float
+    offered_rps: float
+    served_rps: float
+    served: int
+    rejected: int
+    unserved: int
+    p50_ms: float
+    p99_ms: float
+    reject_p50_ms: float
+    reject_p99_ms: float
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+
+async def _prepare(dsn: str, work_ms: float) -> None:
+    pool = AsyncConnectionPool(dsn, min_size=1, max_size=1, open=False)
+    await pool.open(wait=True)
+    async with pool.connection() as conn:
+        await conn.execute("DROP TABLE IF EXISTS bench_accounts")
+        await conn.execute("CREATE TABLE bench_accounts (id int PRIMARY KEY, balance bigint)")
+        await conn.execute(
+            "INSERT INTO bench_accounts SELECT g, 0 FROM generate_series(1, %s) g", (ROWS,)
+        )
+        probe = 200_000
+        started = time.perf_counter()
+        await conn.execute("SELECT count(*) FROM generate_series(1, %s)", (probe,))
+        per_row = (time.perf_counter() - started) / probe
+    await pool.close()
+    _WORK["n"] = max(1, int(work_ms / 1000 / per_row))
+
+
+async def _closed_loop(dsn: str, concurrency: int, seconds: float) -> float:
+    pool = AsyncConnectionPool(dsn, min_size=concurrency, max_size=concurrency, open=False)
+    await pool.open(wait=True)
+    done = 0
+    stop = time.monotonic() + seconds
+
+    async def worker() -> None:
+        nonlocal done
+        while time.monotonic() < stop:
+            async with pool.connection() as conn:
+                await conn.execute(SQL, (_WORK["n"], random.randint(1, ROWS)))
+            done += 1
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    await pool.close()
+    return done / seconds
+
+
+async def capacity(dsn: str, seconds: float) -> tuple[float, int, dict[int, float]]:
+    """Return (best throughput, best concurrency, the sweep)."""
+    sweep = {c: await _closed_loop(dsn, c, seconds) for c in (1, 2, 4, 8, 16, 32)}
+    best = max(sweep, key=lambda c: sweep[c])
+    return sweep[best], best, sweep
+
+
+async def _open_loop(pool: Any, rate: float, duration: float, drain: float) -> dict[str, Any]:
+    served: list[float] = []
+    rejected: list[float] = []
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def request(scheduled: float) -> None:
+        try:
+            async with pool.connection() as conn:
+                await conn.execute(SQL, (_WORK["n"], random.randint(1, ROWS)))
+        except PoolTimeout:
+            rejected.append(time.monotonic() - scheduled)
+            return
+        served.append(time.monotonic() - scheduled)
+
+    start = time.monotonic()
+    total = int(rate * duration)
+    for i in range(total):
+        scheduled = start + i / rate
+        delay = scheduled - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        task = asyncio.create_task(request(scheduled))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+    ended = time.monotonic()
+    if tasks:
+        _, pending = await asyncio.wait(set(tasks), timeout=drain)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+    window = max(time.monotonic() - start, duration)
+    return {"served": served, "rejected": rejected, "total": total, "window": window,
+            "arrival_s": ended - start}  # fmt: skip
+
+
+async def run_arm(dsn: str, arm: str, best: int, rate: float, load: float, args: Any) -> Outcome:
+    """Run one arm (plain or guarded) at one load."""
+    if arm == "plain pool (max 100)":
+        pool: Any = AsyncConnectionPool(dsn, min_size=100, max_size=100, open=False)
+    else:
+        pool = guard(
+            AsyncConnectionPool(dsn, min_size=best, max_size=best, open=False),
+            name=f"overload-{load}", registry=CollectorRegistry(),
+            max_waiting=best * 4, timeout=args.guard_timeout,
+        )  # fmt: skip
+    await pool.open(wait=True)
+    try:
+        result = await _open_loop(pool, rate, args.duration, args.drain)
+    finally:
+        await pool.close()
+    served, rejected = result["served"], result["rejected"]
+    return Outcome(
+        arm=arm, load=load, offered_rps=rate, served_rps=len(served) / result["window"],
+        served=len(served), rejected=len(rejected),
+        unserved=result["total"] - len(served) - len(rejected),
+        p50_ms=_pct(served, 0.50), p99_ms=_pct(served, 0.99),
+        reject_p50_ms=_pct(rejected, 0.50), reject_p99_ms=_pct(rejected, 0.99),
+    )  # fmt: skip
+
+
+async def bench(dsn: str, args: Any) -> dict[str, Any]:
+    """Measure capacity, then every arm at every load."""
+    await _prepare(dsn, args.work_ms)
+    peak, best, sweep = await capacity(dsn, args.sweep_seconds)
+    outcomes = []
+    for load in args.loads:
+        for arm in ("plain pool (max 100)", f"guard (limit {best})"):
+            outcomes.append(await run_arm(dsn, arm, best, peak * load, load, args))
+    return {"peak_rps": peak, "best_concurrency": best, "sweep": sweep, "work_ms": args.work_ms,
+            "outcomes": [asdict(o) for o in outcomes]}  # fmt: skip
+
+
+def _print(report: dict[str, Any]) -> None:
+    print(f"machine: {report['machine']}")
+    sweep = ", ".join(f"{c}: {x:.0f}" for c, x in report["sweep"].items())
+    print(f"workload: UPDATE one row + {report['work_ms']} ms of server CPU, then COMMIT")
+    print(f"capacity (closed loop, tx/s by concurrency): {sweep}")
+    print(f"peak {report['peak_rps']:.0f} tx/s at concurrency {report['best_concurrency']}\n")
+    print("| load | arm | offered/s | served/s | % of peak | p50 ms | p99 ms | rejected "
+          "| reject p50 ms | reject p99 ms | unserved |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for o in report["outcomes"]:
+        print(f"| {o['load']}x | {o['arm']} | {o['offered_rps']:.0f} | {o['served_rps']:.0f} | "
+              f"{100 * o['served_rps'] / report['peak_rps']:.0f} % | {o['p50_ms']:.1f} | "
+              f"{o['p99_ms']:.1f} | {o['rejected']} | {o['reject_p50_ms']:.2f} | "
+              f"{o['reject_p99_ms']:.2f} | {o['unserved']} |")  # fmt: skip
+    guard_rows = {o["load"]: o for o in report["outcomes"] if o["arm"].startswith("guard")}
+    if 0.5 in guard_rows and 10.0 in guard_rows:
+        g10, half = guard_rows[10.0], guard_rows[0.5]
+        print(f"\nguard at 10x: serves {100 * g10['served_rps'] / report['peak_rps']:.0f} % of "
+              f"peak (target >= 95 %); p99 {g10['p99_ms']:.1f} ms = "
+              f"{g10['p99_ms'] / half['p99_ms']:.2f}x the p99 at 0.5x (target <= 3x)")  # fmt: skip
+
+
+def main() -> None:
+    """Parse flags, run against a private embedded server, print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds of arrivals per run")
+    parser.add_argument("--drain", type=float, default=10.0, help="seconds to finish after arrivals stop")
+    parser.add_argument("--sweep-seconds", type=float, default=2.0, help="seconds per capacity point")
+    parser.add_argument("--loads", type=lambda s: [float(x) for x in s.split(",")],
+                        default=[0.5, 1.0, 3.0, 10.0], help="load factors, comma-separated")  # fmt: skip
+    parser.add_argument("--work-ms", type=float, default=5.0, help="server CPU per transaction")
+    parser.add_argument("--guard-timeout", type=float, default=0.5, help="guard's acquire timeout")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    args = parser.parse_args()
+    # Cancelling what is still running after the drain makes psycopg log each cancel.
+    logging.getLogger("psycopg").setLevel(logging.ERROR)
+    with server(max_connections=120) as dsn:
+        report = {"machine": machine(), **asyncio.run(bench(dsn, args))}
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        _print(report)
+
+
+if __name__ == "__main__":
+    main()
