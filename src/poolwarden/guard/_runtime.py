@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass, field
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar, cast
 
 from prometheus_client import CollectorRegistry
 
@@ -100,10 +100,17 @@ async def complete(awaitable: Awaitable[T]) -> T:
 
     Returning a connection to its pool must not be cut short by a cancellation (a client
     disconnect, a task group tearing down): half-returned connections are how asyncio
-    code leaks them. Shield the work, keep waiting for it, and deliver the cancellation
-    once it is done.
+    code leaks them. A cancellation can only land where the work suspends, so run it
+    inline first; most returns finish without suspending and cost no task at all. If it
+    does suspend, hand the rest to a task, shield it, keep waiting for it, and deliver
+    the cancellation once it is done.
     """
-    task = asyncio.ensure_future(awaitable)
+    steps = awaitable.__await__()
+    try:
+        first = steps.send(None)
+    except StopIteration as done:
+        return cast(T, done.value)
+    task = asyncio.ensure_future(_Resume(steps, first))
     cancelled = False
     while True:
         try:
@@ -115,7 +122,40 @@ async def complete(awaitable: Awaitable[T]) -> T:
             continue
         if cancelled:
             raise asyncio.CancelledError
-        return result
+        return cast(T, result)
+
+
+class _Resume:
+    """Go on driving a coroutine that already ran up to its first suspension.
+
+    It re-yields what the coroutine waits on (the Task then waits for it as usual) and
+    passes results and exceptions back in, as ``yield from`` would have done.
+    """
+
+    __slots__ = ("_first", "_steps")
+
+    def __init__(self, steps: Generator[Any, Any, Any], first: Any) -> None:
+        self._steps = steps
+        self._first = first
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        steps, pending = self._steps, self._first
+        while True:
+            try:
+                sent = yield pending
+            except GeneratorExit:
+                steps.close()
+                raise
+            except BaseException as exc:  # thrown in by the task: pass it on
+                try:
+                    pending = steps.throw(exc)
+                except StopIteration as done:
+                    return done.value
+            else:
+                try:
+                    pending = steps.send(sent)
+                except StopIteration as done:
+                    return done.value
 
 
 class PoolGuard:
