@@ -25,19 +25,21 @@ from bench._server import machine, server
 from poolwarden.guard import GuardOptions, PoolGuard, PoolState, PsycopgPoolSaturated, guard
 
 
-def _sync_loop(pool: Any, ops: int) -> float:
+def _sync_loop(pool: Any, ops: int, query: bool = True) -> float:
     started = time.perf_counter()
     for _ in range(ops):
         with pool.connection() as conn:
-            conn.execute("SELECT 1")
+            if query:
+                conn.execute("SELECT 1")
     return (time.perf_counter() - started) / ops
 
 
-async def _async_loop(pool: Any, ops: int) -> float:
+async def _async_loop(pool: Any, ops: int, query: bool = True) -> float:
     started = time.perf_counter()
     for _ in range(ops):
         async with pool.connection() as conn:
-            await conn.execute("SELECT 1")
+            if query:
+                await conn.execute("SELECT 1")
     return (time.perf_counter() - started) / ops
 
 
@@ -58,7 +60,9 @@ def _hot_path(ops: int) -> float:
     return elapsed
 
 
-def _alternate(raw: Callable[[], float], guarded: Callable[[], float], rounds: int) -> dict[str, float]:
+def _alternate(
+    raw: Callable[[], float], guarded: Callable[[], float], rounds: int
+) -> dict[str, float]:
     raw_t, guarded_t = [], []
     for _ in range(rounds):
         raw_t.append(raw())
@@ -69,41 +73,52 @@ def _alternate(raw: Callable[[], float], guarded: Callable[[], float], rounds: i
 
 def run_sync(dsn: str, ops: int, rounds: int) -> dict[str, float]:
     """Measure the sync pool, raw and guarded."""
-    with ConnectionPool(dsn, min_size=4, max_size=4, open=True) as raw_pool:
-        raw_pool.wait()
-        inner = ConnectionPool(dsn, min_size=4, max_size=4, open=False)
-        guarded = guard(inner, name="bench-sync", registry=CollectorRegistry())
-        guarded.open(wait=True)
-        try:
-            _sync_loop(raw_pool, ops // 10)  # warm up both
-            _sync_loop(guarded, ops // 10)
-            return _alternate(
-                lambda: _sync_loop(raw_pool, ops), lambda: _sync_loop(guarded, ops), rounds
-            )
-        finally:
-            guarded.close()
+    # Both arms use the same pool and so the same four server connections: only the
+    # guard differs (separate pools would compare different backends too).
+    inner = ConnectionPool(dsn, min_size=4, max_size=4, open=False)
+    guarded = guard(inner, name="bench-sync", registry=CollectorRegistry())
+    guarded.open(wait=True)
+    raw_pool = guarded.wrapped
+    try:
+        _sync_loop(raw_pool, ops // 10)  # warm up both
+        _sync_loop(guarded, ops // 10)
+        with_query = _alternate(
+            lambda: _sync_loop(raw_pool, ops), lambda: _sync_loop(guarded, ops), rounds
+        )
+        # Without the query the round trip's jitter is gone: this isolates what the
+        # guard adds to one checkout.
+        empty = _alternate(
+            lambda: _sync_loop(raw_pool, ops * 5, query=False),
+            lambda: _sync_loop(guarded, ops * 5, query=False),
+            rounds,
+        )
+        return {**with_query, **{f"empty_{k}": v for k, v in empty.items()}}
+    finally:
+        guarded.close()
 
 
 async def run_async(dsn: str, ops: int, rounds: int) -> dict[str, float]:
     """Measure the async pool, raw and guarded."""
-    raw_pool = AsyncConnectionPool(dsn, min_size=4, max_size=4, open=False)
     guarded = guard(
         AsyncConnectionPool(dsn, min_size=4, max_size=4, open=False),
         name="bench-async", registry=CollectorRegistry(),
     )  # fmt: skip
-    await raw_pool.open(wait=True)
     await guarded.open(wait=True)
+    raw_pool = guarded.wrapped  # the same connections for both arms
     try:
         await _async_loop(raw_pool, ops // 10)
         await _async_loop(guarded, ops // 10)
-        raw_t, guarded_t = [], []
-        for _ in range(rounds):
-            raw_t.append(await _async_loop(raw_pool, ops))
-            guarded_t.append(await _async_loop(guarded, ops))
-        r, g = statistics.median(raw_t), statistics.median(guarded_t)
-        return {"raw_us": r * 1e6, "guarded_us": g * 1e6, "ratio": g / r, "added_us": (g - r) * 1e6}
+        out: dict[str, float] = {}
+        for prefix, query, count in (("", True, ops), ("empty_", False, ops * 5)):
+            raw_t, guarded_t = [], []
+            for _ in range(rounds):
+                raw_t.append(await _async_loop(raw_pool, count, query))
+                guarded_t.append(await _async_loop(guarded, count, query))
+            r, g = statistics.median(raw_t), statistics.median(guarded_t)
+            out |= {f"{prefix}raw_us": r * 1e6, f"{prefix}guarded_us": g * 1e6,
+                    f"{prefix}ratio": g / r, f"{prefix}added_us": (g - r) * 1e6}  # fmt: skip
+        return out
     finally:
-        await raw_pool.close()
         await guarded.close()
 
 
@@ -126,13 +141,16 @@ def main() -> None:
         print(json.dumps(report, indent=2))
         return
     print(f"machine: {report['machine']}; {args.ops} ops x {args.rounds} rounds, median")
-    print("| pool | raw µs/op | guarded µs/op | ratio | added µs |")
-    print("|---|---|---|---|---|")
+    print("| psycopg_pool | operation | raw µs/op | guarded µs/op | ratio | added µs |")
+    print("|---|---|---|---|---|---|")
     for kind in ("sync", "async"):
         r = results[kind]
-        print(f"| psycopg_pool {kind} | {r['raw_us']:.1f} | {r['guarded_us']:.1f} | "
-              f"{r['ratio']:.3f}x | {r['added_us']:.1f} |")  # fmt: skip
-    print(f"| guard hot path alone (admit + lease + release) | | {report['hot_path_us']:.2f} | | |")
+        for prefix, what in (("", "acquire + SELECT 1 + release"), ("empty_", "acquire + release")):
+            print(f"| {kind} | {what} | {r[prefix + 'raw_us']:.1f} | "
+                  f"{r[prefix + 'guarded_us']:.1f} | {r[prefix + 'ratio']:.3f}x | "
+                  f"{r[prefix + 'added_us']:.1f} |")  # fmt: skip
+    print(f"| - | guard hot path alone (admit + lease + release, no pool) | | "
+          f"{report['hot_path_us']:.2f} | | |")  # fmt: skip
 
 
 if __name__ == "__main__":
