@@ -138,6 +138,7 @@ def test_snapshot_reads_limits_and_usable_slots(pg_factory: Callable[..., PgServ
     assert snap.usable_connections == 15
     assert snap.server_version_num >= 180000
     assert snap.client_connections == 1  # only the probe itself
+    assert (snap.session_user, snap.superuser) == ("postgres", True)
     assert snap.used_ratio == pytest.approx(1 / 15)
 
 
@@ -187,6 +188,7 @@ def test_snapshot_works_for_a_role_with_only_pg_monitor(pg: PgServer) -> None:
             conn.execute("SELECT 1")  # idle in transaction, owned by postgres
         snap = snapshot(pg.url(user="monitor_only", password="mon"))
     assert snap.full_visibility is True
+    assert (snap.session_user, snap.database, snap.superuser) == ("monitor_only", "postgres", False)
     assert _count(snap, "mon-target", "idle in transaction") == 2
     assert snap.by_state["unknown"] == 0
     assert snap.max_connections == 100

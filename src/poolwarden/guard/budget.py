@@ -21,7 +21,6 @@ from poolwarden._dsn import normalize_dsn, redact_dsn
 from poolwarden.errors import BudgetExceeded, ConfigError
 from poolwarden.guard._factory import _kind
 from poolwarden.guard._runtime import GuardOptions
-from poolwarden.probe._connect import connect
 from poolwarden.probe.postgres import PROBE_APPLICATION_NAME, ServerSnapshot, snapshot
 
 __all__ = [
@@ -289,16 +288,15 @@ def check_budget(
 ) -> BudgetVerdict:
     """Read the server at `dsn` and judge whether the fleet's pools fit its slots.
 
-    Opens two short sessions (the snapshot, then a bare login that tells the role, the
-    database and whether the role is a superuser) and closes both. Raises the probe's
+    Opens one short session (the snapshot, which also tells the role, the database and
+    whether the role is a superuser) and closes it. Raises the probe's
     `ProbeError` subclasses when the server cannot be read, `ConfigError` on bad input.
     """
     _check_fleet(service, replicas, workers, pool_max, headroom, mode)
     dsn = normalize_dsn(dsn, origin=f"budget for {service!r}")
     snap = snapshot(dsn, connect_timeout=connect_timeout)
-    role, database, superuser = _identity(dsn, connect_timeout)
     slots = ServerSlots.from_snapshot(
-        snap, service, role=role, database=database, superuser=superuser
+        snap, service, role=snap.session_user, database=snap.database, superuser=snap.superuser
     )
     return decide_budget(
         slots, service=service, replicas=replicas, workers=workers, pool_max=pool_max,
@@ -337,15 +335,6 @@ def apply_budget(
         note = f"; the pool still opens min_size={minimum} connections: set min_size to {cap}"
     _log.warning("pool %r: %s%s", name or budget.service, verdict.explain(), note)
     return dataclasses.replace(options, budget_cap=cap)
-
-
-def _identity(dsn: str, timeout: float) -> tuple[str, str, bool]:
-    """Return the role, the database and whether the role is a superuser, for `dsn`."""
-    # The server reports is_superuser at login (ParameterStatus), and libpq knows the
-    # user and database it settled on: a bare login answers without any SQL.
-    with connect(dsn, application_name=PROBE_APPLICATION_NAME, timeout=timeout) as conn:
-        info = conn.info
-        return info.user, info.dbname, info.parameter_status("is_superuser") == "on"
 
 
 def _pool_max(pool: Any) -> int:

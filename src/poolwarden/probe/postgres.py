@@ -139,6 +139,9 @@ class ServerSnapshot:
     background: tuple[BackgroundGroup, ...]
     background_processes: int
     probe_pid: int
+    session_user: str
+    database: str
+    superuser: bool
     full_visibility: bool
 
     @property
@@ -196,6 +199,9 @@ def _collect(cur: psycopg.Cursor[dict[str, Any]], target: str) -> ServerSnapshot
         background=background,
         background_processes=sum(b.count for b in background),
         probe_pid=head["probe_pid"],
+        session_user=head["session_user"],
+        database=head["database"],
+        superuser=head["superuser"],
         full_visibility=head["full_visibility"],
     )
 
@@ -235,6 +241,9 @@ SELECT now() AS taken_at,
        current_setting('superuser_reserved_connections')::int AS superuser_reserved,
        coalesce(current_setting('reserved_connections', true), '0')::int AS reserved,
        pg_backend_pid() AS probe_pid,
+       session_user::text AS session_user,
+       current_database()::text AS database,
+       (SELECT rolsuper FROM pg_roles WHERE rolname = session_user) AS superuser,
        (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)
          OR pg_has_role(current_user, 'pg_read_all_stats', 'USAGE') AS full_visibility
 """
