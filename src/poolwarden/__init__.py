@@ -7,6 +7,8 @@ The public API, re-exported here so users import from one place:
 - `load_config(path)` reads `poolwarden.yaml`;
 - `redact_dsn(dsn)` hides passwords in DSNs and in text holding DSNs;
 - `guard(pool, name=...)` puts admission control in front of a pool (docs/guard.md);
+- `SeriesStore` keeps recent samples and answers PromQL functions over them
+  (docs/watch-series.md);
 - the exception tree under `PoolwardenError` (drawn in `poolwarden.errors`).
 """
 
@@ -77,6 +79,7 @@ from poolwarden.probe.postgres import (
     ServerSnapshot,
     snapshot,
 )
+from poolwarden.watch import LabelSet, SeriesStats, SeriesStore, seconds_to_exhaustion
 
 # Library etiquette: never configure logging for the application, never warn "no handler".
 logging.getLogger("poolwarden").addHandler(logging.NullHandler())
@@ -118,6 +121,7 @@ __all__ = [
     "GuardedAsyncConnectionPool",
     "GuardedConnectionPool",
     "IdleInTransaction",
+    "LabelSet",
     "LeakTracker",
     "Lease",
     "LockWait",
@@ -130,6 +134,8 @@ __all__ = [
     "PsycopgPoolSaturated",
     "Reject",
     "RejectReason",
+    "SeriesStats",
+    "SeriesStore",
     "ServerSlots",
     "ServerSnapshot",
     "TargetConfig",
@@ -143,5 +149,6 @@ __all__ = [
     "guard",
     "load_config",
     "redact_dsn",
+    "seconds_to_exhaustion",
     "snapshot",
 ]
