@@ -30,6 +30,9 @@ from poolwarden.errors import (
     PoolSaturated,
     PoolwardenError,
     ProbeError,
+    TargetBadResponse,
+    TargetTimeout,
+    TargetUnreachable,
 )
 from poolwarden.guard import (
     Admission,
@@ -79,6 +82,14 @@ from poolwarden.probe.postgres import (
     ServerSnapshot,
     snapshot,
 )
+from poolwarden.probe.scrape import (
+    MetricFamily,
+    MetricSample,
+    ScrapeResult,
+    parse_metrics,
+    redact_url,
+    scrape_metrics,
+)
 from poolwarden.watch import LabelSet, SeriesStats, SeriesStore, seconds_to_exhaustion
 
 # Library etiquette: never configure logging for the application, never warn "no handler".
@@ -125,6 +136,8 @@ __all__ = [
     "LeakTracker",
     "Lease",
     "LockWait",
+    "MetricFamily",
+    "MetricSample",
     "PoolGuard",
     "PoolMetrics",
     "PoolSaturated",
@@ -134,11 +147,15 @@ __all__ = [
     "PsycopgPoolSaturated",
     "Reject",
     "RejectReason",
+    "ScrapeResult",
     "SeriesStats",
     "SeriesStore",
     "ServerSlots",
     "ServerSnapshot",
+    "TargetBadResponse",
     "TargetConfig",
+    "TargetTimeout",
+    "TargetUnreachable",
     "Wake",
     "apply_budget",
     "check_budget",
@@ -148,7 +165,10 @@ __all__ = [
     "default_data_dir",
     "guard",
     "load_config",
+    "parse_metrics",
     "redact_dsn",
+    "redact_url",
+    "scrape_metrics",
     "seconds_to_exhaustion",
     "snapshot",
 ]

@@ -9,7 +9,10 @@ PoolwardenError                 base of everything poolwarden raises on purpose
 ├── ProbeError                  a target could not be read
 │   ├── DatabaseUnreachable     nothing answers at the DSN's host and port
 │   ├── AuthenticationFailed    the server refused the user or the password
-│   └── DatabaseNotFound        the server answers but the database does not exist
+│   ├── DatabaseNotFound        the server answers but the database does not exist
+│   ├── TargetUnreachable       nothing accepts a connection at a /metrics URL
+│   ├── TargetTimeout           a /metrics target did not answer within the deadline
+│   └── TargetBadResponse       a /metrics target answered, but not 200 with Prometheus text
 └── EmbeddedServerError         the embedded PostgreSQL could not be started or stopped
 ```
 
@@ -33,6 +36,9 @@ __all__ = [
     "PoolSaturated",
     "PoolwardenError",
     "ProbeError",
+    "TargetBadResponse",
+    "TargetTimeout",
+    "TargetUnreachable",
 ]
 
 
@@ -93,6 +99,26 @@ class AuthenticationFailed(ProbeError):
 
 class DatabaseNotFound(ProbeError):
     """The server answers but the database named in the DSN does not exist."""
+
+
+class TargetUnreachable(ProbeError):
+    """Nothing accepts a connection at the URL's host and port, or the name does not resolve."""
+
+
+class TargetTimeout(ProbeError):
+    """The target did not send its whole answer within the deadline."""
+
+    def __init__(self, message: str, *, target: str = "", timeout: float = 0.0) -> None:
+        super().__init__(message, target=target)
+        self.timeout = timeout
+
+
+class TargetBadResponse(ProbeError):
+    """The target answered, but not with a 200 and Prometheus text of at most `max_bytes`."""
+
+    def __init__(self, message: str, *, target: str = "", status: int | None = None) -> None:
+        super().__init__(message, target=target)
+        self.status = status
 
 
 class EmbeddedServerError(PoolwardenError):

@@ -12,6 +12,14 @@ from poolwarden.probe.postgres import (
     ServerSnapshot,
     snapshot,
 )
+from poolwarden.probe.scrape import (
+    MetricFamily,
+    MetricSample,
+    ScrapeResult,
+    parse_metrics,
+    redact_url,
+    scrape_metrics,
+)
 
 __all__ = [
     "ActiveQuery",
@@ -20,6 +28,12 @@ __all__ = [
     "ConnectionLimit",
     "IdleInTransaction",
     "LockWait",
+    "MetricFamily",
+    "MetricSample",
+    "ScrapeResult",
     "ServerSnapshot",
+    "parse_metrics",
+    "redact_url",
+    "scrape_metrics",
     "snapshot",
 ]
