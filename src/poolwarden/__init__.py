@@ -3,6 +3,7 @@
 The public API, re-exported here so users import from one place:
 
 - `snapshot(dsn)` reads a server's connection slots into a frozen `ServerSnapshot`;
+- `pgbouncer_snapshot(admin_dsn)` reads a PgBouncer's pools into a `PgBouncerSnapshot`;
 - `EmbeddedServer` runs the private PostgreSQL server the CLI and the tests use;
 - `load_config(path)` reads `poolwarden.yaml`;
 - `redact_dsn(dsn)` hides passwords in DSNs and in text holding DSNs;
@@ -72,6 +73,14 @@ from poolwarden.guard import (
     decide_budget,
     guard,
 )
+from poolwarden.probe.pgbouncer import (
+    PgBouncerConfig,
+    PgBouncerDatabase,
+    PgBouncerPool,
+    PgBouncerSnapshot,
+    PgBouncerStats,
+    pgbouncer_snapshot,
+)
 from poolwarden.probe.postgres import (
     ActiveQuery,
     BackgroundGroup,
@@ -138,6 +147,11 @@ __all__ = [
     "LockWait",
     "MetricFamily",
     "MetricSample",
+    "PgBouncerConfig",
+    "PgBouncerDatabase",
+    "PgBouncerPool",
+    "PgBouncerSnapshot",
+    "PgBouncerStats",
     "PoolGuard",
     "PoolMetrics",
     "PoolSaturated",
@@ -166,6 +180,7 @@ __all__ = [
     "guard",
     "load_config",
     "parse_metrics",
+    "pgbouncer_snapshot",
     "redact_dsn",
     "redact_url",
     "scrape_metrics",

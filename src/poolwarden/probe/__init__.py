@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+from poolwarden.probe.pgbouncer import (
+    PgBouncerConfig,
+    PgBouncerDatabase,
+    PgBouncerPool,
+    PgBouncerSnapshot,
+    PgBouncerStats,
+    pgbouncer_snapshot,
+)
 from poolwarden.probe.postgres import (
     ActiveQuery,
     BackgroundGroup,
@@ -30,9 +38,15 @@ __all__ = [
     "LockWait",
     "MetricFamily",
     "MetricSample",
+    "PgBouncerConfig",
+    "PgBouncerDatabase",
+    "PgBouncerPool",
+    "PgBouncerSnapshot",
+    "PgBouncerStats",
     "ScrapeResult",
     "ServerSnapshot",
     "parse_metrics",
+    "pgbouncer_snapshot",
     "redact_url",
     "scrape_metrics",
     "snapshot",
