@@ -10,6 +10,9 @@ import poolwarden
 # Adapters for optional libraries are imported only by apps that use them; their names
 # live in their own module and are not re-exported.
 OPTIONAL = {"poolwarden.guard.sqlalchemy", "poolwarden.guard.asyncpg", "poolwarden.guard.asgi"}
+# The monitor's names (Alert, Rule, Incident...) live in `poolwarden.watch`, not at the top:
+# they would crowd the library API an app imports for its pool.
+NAMESPACES = ("poolwarden.watch",)
 
 
 def _public_modules() -> list[str]:
@@ -17,6 +20,8 @@ def _public_modules() -> list[str]:
     for info in pkgutil.walk_packages(poolwarden.__path__, "poolwarden."):
         parts = info.name.split(".")
         if any(p.startswith("_") for p in parts) or parts[-1] == "cli" or info.name in OPTIONAL:
+            continue
+        if info.name.startswith(NAMESPACES):
             continue
         names.append(info.name)
     return names

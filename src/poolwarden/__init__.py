@@ -8,8 +8,7 @@ The public API, re-exported here so users import from one place:
 - `load_config(path)` reads `poolwarden.yaml`;
 - `redact_dsn(dsn)` hides passwords in DSNs and in text holding DSNs;
 - `guard(pool, name=...)` puts admission control in front of a pool (docs/guard.md);
-- `SeriesStore` keeps recent samples and answers PromQL functions over them
-  (docs/watch-series.md);
+- `poolwarden.watch` holds the monitor: `SeriesStore`, rules, incidents, notifications;
 - the exception tree under `PoolwardenError` (drawn in `poolwarden.errors`).
 """
 
@@ -99,7 +98,6 @@ from poolwarden.probe.scrape import (
     redact_url,
     scrape_metrics,
 )
-from poolwarden.watch import LabelSet, SeriesStats, SeriesStore, seconds_to_exhaustion
 
 # Library etiquette: never configure logging for the application, never warn "no handler".
 logging.getLogger("poolwarden").addHandler(logging.NullHandler())
@@ -141,7 +139,6 @@ __all__ = [
     "GuardedAsyncConnectionPool",
     "GuardedConnectionPool",
     "IdleInTransaction",
-    "LabelSet",
     "LeakTracker",
     "Lease",
     "LockWait",
@@ -162,8 +159,6 @@ __all__ = [
     "Reject",
     "RejectReason",
     "ScrapeResult",
-    "SeriesStats",
-    "SeriesStore",
     "ServerSlots",
     "ServerSnapshot",
     "TargetBadResponse",
@@ -184,6 +179,5 @@ __all__ = [
     "redact_dsn",
     "redact_url",
     "scrape_metrics",
-    "seconds_to_exhaustion",
     "snapshot",
 ]
