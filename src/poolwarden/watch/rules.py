@@ -44,9 +44,9 @@ from poolwarden.watch._rule_text import (
 )
 
 __all__ = [
-    "KNOWN_MEASURES",
     "Alert",
     "AlertEvent",
+    "KNOWN_MEASURES",
     "Rule",
     "RuleEngine",
     "format_duration",
