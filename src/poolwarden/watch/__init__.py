@@ -21,9 +21,9 @@ from poolwarden.watch.rules import (
 from poolwarden.watch.series import LabelSet, SeriesStats, SeriesStore, seconds_to_exhaustion
 
 __all__ = [
-    "KNOWN_MEASURES",
     "Alert",
     "AlertEvent",
+    "KNOWN_MEASURES",
     "LabelSet",
     "Rule",
     "RuleEngine",
