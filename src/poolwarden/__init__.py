@@ -33,6 +33,7 @@ from poolwarden.errors import (
     TargetBadResponse,
     TargetTimeout,
     TargetUnreachable,
+    TooManyConnections,
 )
 from poolwarden.guard import (
     Admission,
@@ -165,6 +166,7 @@ __all__ = [
     "TargetConfig",
     "TargetTimeout",
     "TargetUnreachable",
+    "TooManyConnections",
     "Wake",
     "apply_budget",
     "check_budget",

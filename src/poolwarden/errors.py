@@ -10,6 +10,7 @@ PoolwardenError                 base of everything poolwarden raises on purpose
 │   ├── DatabaseUnreachable     nothing answers at the DSN's host and port
 │   ├── AuthenticationFailed    the server refused the user or the password
 │   ├── DatabaseNotFound        the server answers but the database does not exist
+│   ├── TooManyConnections      the server refused the probe: SQLSTATE 53300, its slots are full
 │   ├── TargetUnreachable       nothing accepts a connection at a /metrics URL
 │   ├── TargetTimeout           a /metrics target did not answer within the deadline
 │   └── TargetBadResponse       a /metrics target answered, but not 200 with Prometheus text
@@ -39,6 +40,7 @@ __all__ = [
     "TargetBadResponse",
     "TargetTimeout",
     "TargetUnreachable",
+    "TooManyConnections",
 ]
 
 
@@ -119,6 +121,10 @@ class TargetBadResponse(ProbeError):
     def __init__(self, message: str, *, target: str = "", status: int | None = None) -> None:
         super().__init__(message, target=target)
         self.status = status
+
+
+class TooManyConnections(ProbeError):
+    """The server refused the probe's connection with SQLSTATE 53300: every slot is taken."""
 
 
 class EmbeddedServerError(PoolwardenError):

@@ -11,7 +11,12 @@ import psycopg
 import pytest
 from tests.fixtures.pg import PgServer
 
-from poolwarden.errors import AuthenticationFailed, DatabaseNotFound, DatabaseUnreachable
+from poolwarden.errors import (
+    AuthenticationFailed,
+    DatabaseNotFound,
+    DatabaseUnreachable,
+    TooManyConnections,
+)
 from poolwarden.probe.postgres import PROBE_APPLICATION_NAME, ServerSnapshot, snapshot
 
 
@@ -223,3 +228,19 @@ def test_snapshot_errors_name_the_problem_without_the_password(pg: PgServer) -> 
         assert "s3cr3t-wrong" not in str(exc)
     assert "no_such_db" in str(missing.value)
     assert "127.0.0.1:1" in str(closed.value)
+
+
+def test_a_full_server_refusing_the_probe_raises_too_many_connections(
+    pg_factory: Callable[..., PgServer],
+) -> None:
+    """When every usable slot is taken, the probe's refusal (53300) is TooManyConnections."""
+    server = pg_factory(max_connections=6)  # 3 usable by ordinary roles
+    with server.connect() as admin:
+        admin.execute("CREATE ROLE full_app LOGIN PASSWORD 'full-secret'")
+    dsn = server.url(user="full_app", password="full-secret")
+    with contextlib.ExitStack() as stack:
+        _open(dsn, "full-holder", 3, stack)
+        with pytest.raises(TooManyConnections) as err:
+            snapshot(dsn)
+    assert "slots are full" in str(err.value)
+    assert "full-secret" not in str(err.value)

@@ -12,6 +12,7 @@ from poolwarden.errors import (
     DatabaseNotFound,
     DatabaseUnreachable,
     ProbeError,
+    TooManyConnections,
 )
 
 # libpq reports connection failures as text only (no SQLSTATE reaches psycopg before the
@@ -59,7 +60,7 @@ def classify(dsn: str, exc: psycopg.OperationalError) -> ProbeError:
             target=target,
         )
     if _TOO_MANY.search(detail):
-        return ProbeError(
+        return TooManyConnections(
             f"{target}: the server refused the connection because its slots are full "
             f"({detail}); this is the outage poolwarden guards against — free connections, "
             "or reserve one for monitoring with ALTER ROLE ... CONNECTION LIMIT on the apps",

@@ -7,6 +7,7 @@ with the built-in rule pack (docs/rules.md). `watch` prints nothing.
 
 from __future__ import annotations
 
+from poolwarden.watch.observation import Observation, TargetInfo
 from poolwarden.watch.rules import (
     KNOWN_MEASURES,
     Alert,
@@ -25,10 +26,12 @@ __all__ = [
     "AlertEvent",
     "KNOWN_MEASURES",
     "LabelSet",
+    "Observation",
     "Rule",
     "RuleEngine",
     "SeriesStats",
     "SeriesStore",
+    "TargetInfo",
     "format_duration",
     "load_rules",
     "parse_duration",
