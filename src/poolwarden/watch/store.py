@@ -1,0 +1,475 @@
+"""Keep incidents, their timelines, notification claims and the rule engine's state.
+
+`Store(url)` speaks SQLAlchemy Core to SQLite (the default; WAL, ``synchronous=FULL``) or
+PostgreSQL (``postgresql+psycopg://user@host/db``); `create_schema()` is idempotent. Every
+method commits before it returns, so after ``kill -9`` nothing committed is lost. Events
+are inserted or ignored by id (replays change nothing) and `claim_notification` lets one
+caller send each notification. Every string stored passes through `redact_dsn`.
+Reference: docs/watch-incidents.md.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import RowMapping
+
+from poolwarden._dsn import redact_dsn
+from poolwarden.errors import ConfigError
+from poolwarden.watch.incidents import AlertState, Incident, RootCause, TimelineEvent
+
+__all__ = ["STORE_SCHEMA_VERSION", "NotificationRecord", "Store", "default_store_url"]
+
+STORE_SCHEMA_VERSION = 1
+_URL_HINT = "write sqlite:///path/poolwarden.db or postgresql+psycopg://user@host:5432/dbname"
+
+
+class _RedactedText(sa.types.TypeDecorator[str]):
+    """Text that loses any DSN password on its way into the database."""
+
+    impl = sa.Text
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: sa.Dialect) -> str | None:
+        return None if value is None else redact_dsn(value)
+
+
+class _Json(sa.types.TypeDecorator[Any]):
+    """JSON kept as text (NaN survives, key order too), its strings redacted."""
+
+    impl = sa.Text
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: sa.Dialect) -> str | None:
+        return None if value is None else json.dumps(_redacted(value))
+
+    def process_result_value(self, value: str | None, dialect: sa.Dialect) -> Any:
+        return None if value is None else json.loads(value)
+
+
+class _UtcDateTime(sa.types.TypeDecorator[datetime]):
+    """An aware UTC datetime in, an aware UTC datetime out, on SQLite too."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        value = value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+        # SQLite keeps text; naive UTC text sorts by time.
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+_metadata = sa.MetaData()
+_version = sa.Table(
+    "poolwarden_schema_version",
+    _metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("created_at", _UtcDateTime, nullable=False),
+)
+_incidents = sa.Table(
+    "poolwarden_incidents",
+    _metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("key", _RedactedText, nullable=False),
+    sa.Column("labels", _Json, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("severity", sa.String(16), nullable=False),
+    sa.Column("title", _RedactedText, nullable=False),
+    sa.Column("opened_at", _UtcDateTime, nullable=False),
+    sa.Column("resolved_at", _UtcDateTime),
+    sa.Column("alerts", _Json, nullable=False),
+    sa.Column("root_cause", _Json),
+    # Timeline length: an older snapshot (fewer events) never overwrites a newer one.
+    sa.Column("revision", sa.Integer, nullable=False),
+    sa.Column("updated_at", _UtcDateTime, nullable=False),
+    sa.Index("ix_poolwarden_incidents_status_opened", "status", "opened_at"),
+)
+_events = sa.Table(
+    "poolwarden_events",
+    _metadata,
+    sa.Column("seq", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("id", sa.String(32), nullable=False, unique=True),
+    sa.Column("incident_id", sa.String(32), sa.ForeignKey(_incidents.c.id), nullable=False),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("at", _UtcDateTime, nullable=False),
+    sa.Column("fingerprint", sa.String(64), nullable=False),
+    sa.Column("text", _RedactedText, nullable=False),
+    sa.Column("data", _Json, nullable=False),
+    sa.Index("ix_poolwarden_events_incident_at", "incident_id", "at"),
+)
+_notifications = sa.Table(
+    "poolwarden_notifications",
+    _metadata,
+    sa.Column("key", sa.String(255), primary_key=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("detail", _RedactedText, nullable=False),
+    sa.Column("claimed_at", _UtcDateTime, nullable=False),
+    sa.Column("updated_at", _UtcDateTime, nullable=False),
+)
+_alert_state = sa.Table(
+    "poolwarden_alert_state",
+    _metadata,
+    sa.Column("fingerprint", sa.String(64), primary_key=True),
+    sa.Column("state", _Json, nullable=False),
+    sa.Column("updated_at", _UtcDateTime, nullable=False),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class NotificationRecord:
+    """A claimed notification: ``pending`` (being sent, or the sender died), ``sent``, ``failed``."""
+
+    key: str
+    status: str
+    attempts: int
+    detail: str
+    claimed_at: datetime
+    updated_at: datetime
+
+
+def default_store_url() -> str:
+    """Return the default store: ``poolwarden.db`` in the user's data directory."""
+    return f"sqlite:///{platformdirs.user_data_path('poolwarden') / 'poolwarden.db'}"
+
+
+class Store:
+    """Incidents, events, notification claims and alert state in SQLite or PostgreSQL.
+
+    A bad URL raises `ConfigError` (one line, redacted); so does a store that cannot be
+    reached or holds a newer schema, at `create_schema()`. Later database failures
+    propagate as SQLAlchemy errors. Safe to share between threads.
+    """
+
+    def __init__(self, url: str | None = None) -> None:
+        self.url = url or default_store_url()
+        self.target = redact_dsn(self.url)
+        self._engine = _create_engine(self.url, self.target)
+        self._dialect = self._engine.dialect.name
+
+    def close(self) -> None:
+        """Close every pooled connection."""
+        self._engine.dispose()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def create_schema(self) -> None:
+        """Create the tables if missing; refuse a schema newer than `STORE_SCHEMA_VERSION`."""
+        try:
+            with self._engine.begin() as conn:
+                found = _schema_version(conn)
+                if found is not None and found > STORE_SCHEMA_VERSION:
+                    raise ConfigError(
+                        f"store {self.target}: schema version {found} is newer than this "
+                        f"poolwarden understands ({STORE_SCHEMA_VERSION}); upgrade poolwarden or "
+                        "point --store at another database"
+                    )
+                _metadata.create_all(conn)
+                if found is None:
+                    conn.execute(
+                        _version.insert().values(
+                            id=1, version=STORE_SCHEMA_VERSION, created_at=_now()
+                        )
+                    )
+        except sa.exc.DBAPIError as exc:
+            raise ConfigError(
+                f"store {self.target}: cannot open it ({_reason(exc)}); check the URL, "
+                "that the server runs and that the user may create tables"
+            ) from None
+
+    # -- incidents ----------------------------------------------------------------------
+
+    def open_incidents(self) -> tuple[Incident, ...]:
+        """Return the open incidents, oldest first, with their timelines."""
+        query = (
+            sa.select(_incidents)
+            .where(_incidents.c.status == "open")
+            .order_by(_incidents.c.opened_at, _incidents.c.id)
+        )
+        with self._engine.connect() as conn:
+            return _load_incidents(conn, query)
+
+    def get_incident(self, incident_id: str) -> Incident | None:
+        """Return one incident with its timeline, or None."""
+        query = sa.select(_incidents).where(_incidents.c.id == incident_id)
+        with self._engine.connect() as conn:
+            found = _load_incidents(conn, query)
+        return found[0] if found else None
+
+    def list_incidents(self, limit: int = 50, status: str | None = None) -> tuple[Incident, ...]:
+        """Return up to `limit` incidents (of `status` if given), newest first."""
+        query = sa.select(_incidents).order_by(
+            _incidents.c.opened_at.desc(), _incidents.c.id.desc()
+        )
+        if status is not None:
+            query = query.where(_incidents.c.status == status)
+        with self._engine.connect() as conn:
+            return _load_incidents(conn, query.limit(limit))
+
+    def upsert_incident(self, incident: Incident) -> None:
+        """Insert or update the incident's row (not its events); a stale snapshot is ignored."""
+        with self._engine.begin() as conn:
+            self._upsert(conn, _incidents, _incident_row(incident), "id")
+
+    def append_events(self, incident: Incident, events: Iterable[TimelineEvent]) -> int:
+        """Upsert the incident and insert the events it lacks, in one transaction.
+
+        Returns how many events were new; an event whose id is stored already is skipped.
+        """
+        events = tuple(events)
+        strays = [e.id for e in events if e.incident_id != incident.id]
+        if strays:
+            raise ValueError(f"events {strays} do not belong to incident {incident.id}")
+        with self._engine.begin() as conn:
+            self._upsert(conn, _incidents, _incident_row(incident), "id")
+            return sum(self._insert_new(conn, _events, _event_row(e), "id") for e in events)
+
+    def save(self, incident: Incident) -> int:
+        """Store the incident and its whole timeline; heals an earlier write that failed."""
+        return self.append_events(incident, incident.timeline)
+
+    # -- notifications ------------------------------------------------------------------
+
+    def claim_notification(self, key: str) -> bool:
+        """Claim the right to send notification `key`; True for exactly one caller.
+
+        A new key, or one whose last attempt ``failed``, is claimed (status ``pending``,
+        attempts + 1). A ``pending`` or ``sent`` one is not: a sender that died after its
+        claim may have sent, so it is never sent twice.
+        """
+        now = _now()
+        row = {"key": key, "status": "pending", "attempts": 1, "detail": ""}
+        with self._engine.begin() as conn:
+            if self._insert_new(
+                conn, _notifications, {**row, "claimed_at": now, "updated_at": now}, "key"
+            ):
+                return True
+            retry = (
+                sa.update(_notifications)
+                .where(_notifications.c.key == key, _notifications.c.status == "failed")
+                .values(
+                    status="pending",
+                    attempts=_notifications.c.attempts + 1,
+                    claimed_at=now,
+                    updated_at=now,
+                )
+            )
+            return bool(conn.execute(retry).rowcount == 1)
+
+    def mark_notification(self, key: str, ok: bool, detail: str = "") -> None:
+        """Record how the claimed notification `key` went: ``sent`` or ``failed``."""
+        now = _now()
+        status = "sent" if ok else "failed"
+        row = {"key": key, "status": status, "attempts": 1, "detail": detail}
+        with self._engine.begin() as conn:
+            row |= {"claimed_at": now, "updated_at": now}
+            self._upsert(conn, _notifications, row, "key", keep=("attempts", "claimed_at"))
+
+    def get_notification(self, key: str) -> NotificationRecord | None:
+        """Return what is known of notification `key`, or None if never claimed."""
+        with self._engine.connect() as conn:
+            row = conn.execute(sa.select(_notifications).where(_notifications.c.key == key)).first()
+        return NotificationRecord(**row._mapping) if row is not None else None
+
+    # -- rule engine state ---------------------------------------------------------------
+
+    def save_alert_state(self, states: Mapping[str, Any]) -> None:
+        """Replace the rule engine's state: one JSON value per alert fingerprint."""
+        now = _now()
+        with self._engine.begin() as conn:
+            conn.execute(sa.delete(_alert_state).where(_alert_state.c.fingerprint.not_in(states)))
+            for fingerprint, state in states.items():
+                row = {"fingerprint": fingerprint, "state": state, "updated_at": now}
+                self._upsert(conn, _alert_state, row, "fingerprint")
+
+    def load_alert_state(self) -> dict[str, Any]:
+        """Return the rule engine's state as last saved, by fingerprint."""
+        with self._engine.connect() as conn:
+            rows = conn.execute(sa.select(_alert_state.c.fingerprint, _alert_state.c.state))
+            return dict(rows.all())
+
+    # -- plumbing -----------------------------------------------------------------------
+
+    def _insert_new(
+        self, conn: sa.Connection, table: sa.Table, row: dict[str, Any], key: str
+    ) -> int:
+        """Insert `row` unless one with its `key` exists; return 1 if inserted, else 0."""
+        stmt = self._insert(table).values(row).on_conflict_do_nothing(index_elements=[key])
+        # RETURNING rather than rowcount: SQLAlchemy reports -1 for psycopg here.
+        return len(conn.execute(stmt.returning(table.c[key])).all())
+
+    def _upsert(
+        self,
+        conn: sa.Connection,
+        table: sa.Table,
+        row: dict[str, Any],
+        key: str,
+        keep: Sequence[str] = (),
+    ) -> None:
+        """Insert `row` or update the one with its `key` (but not the `keep` columns)."""
+        stmt = self._insert(table).values(row)
+        changes = {name: stmt.excluded[name] for name in row if name != key and name not in keep}
+        # An incident snapshot with fewer events than the stored one is stale: leave it.
+        newer = table.c.revision <= stmt.excluded.revision if "revision" in table.c else None
+        conn.execute(stmt.on_conflict_do_update(index_elements=[key], set_=changes, where=newer))
+
+    def _insert(self, table: sa.Table) -> Any:
+        """Return the dialect's INSERT, which knows ON CONFLICT."""
+        return sqlite.insert(table) if self._dialect == "sqlite" else postgresql.insert(table)
+
+
+def _create_engine(url: str, target: str) -> sa.Engine:
+    """Return an engine for `url`, or raise a one-line ConfigError naming `target`."""
+    try:
+        parsed = sa.engine.make_url(url.strip())
+    except sa.exc.ArgumentError:
+        raise ConfigError(f"store URL {target!r}: cannot parse it; {_URL_HINT}") from None
+    if parsed.drivername == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            path = Path(parsed.database).expanduser()
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ConfigError(
+                    f"store URL {target!r}: cannot create {str(path.parent)!r} "
+                    f"({exc.strerror}); choose a writable directory"
+                ) from None
+            parsed = parsed.set(database=str(path))
+        engine = sa.create_engine(parsed)
+        sa.event.listen(engine, "connect", _sqlite_settings)
+        return engine
+    # Plain postgresql:// means psycopg2 to SQLAlchemy; poolwarden ships psycopg 3.
+    if parsed.drivername in ("postgresql", "postgres", "postgresql+psycopg"):
+        return sa.create_engine(parsed.set(drivername="postgresql+psycopg"), pool_pre_ping=True)
+    raise ConfigError(f"store URL {target!r}: {parsed.drivername!r} is not supported; {_URL_HINT}")
+
+
+def _sqlite_settings(dbapi_connection: Any, _record: object) -> None:
+    """WAL for concurrent readers; FULL so a commit survives a power cut, not only kill -9."""
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA busy_timeout=10000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+    finally:
+        cursor.close()
+
+
+def _schema_version(conn: sa.Connection) -> int | None:
+    if not sa.inspect(conn).has_table(_version.name):
+        return None
+    value = conn.execute(sa.select(_version.c.version).where(_version.c.id == 1)).scalar()
+    return int(value) if value is not None else None
+
+
+def _load_incidents(conn: sa.Connection, query: Any) -> tuple[Incident, ...]:
+    rows = conn.execute(query).mappings().all()
+    timelines: dict[str, list[TimelineEvent]] = {row["id"]: [] for row in rows}
+    if timelines:
+        events = conn.execute(
+            sa.select(_events)
+            .where(_events.c.incident_id.in_(list(timelines)))
+            .order_by(_events.c.at, _events.c.seq)
+        ).mappings()
+        for ev in events:
+            timelines[ev["incident_id"]].append(_event_from_row(ev))
+    return tuple(_incident_from_row(row, timelines[row["id"]]) for row in rows)
+
+
+# Incident fields kept in columns of the same name.
+_INCIDENT_COLUMNS = (
+    "id",
+    "key",
+    "labels",
+    "status",
+    "severity",
+    "title",
+    "opened_at",
+    "resolved_at",
+)
+
+
+def _incident_row(incident: Incident) -> dict[str, Any]:
+    cause = incident.root_cause
+    return {
+        **{name: getattr(incident, name) for name in _INCIDENT_COLUMNS},
+        "alerts": [_plain(alert) for alert in incident.alerts.values()],
+        "root_cause": None if cause is None else _plain(cause),
+        "revision": len(incident.timeline),
+        "updated_at": _now(),
+    }
+
+
+def _incident_from_row(row: RowMapping, timeline: Sequence[TimelineEvent]) -> Incident:
+    alerts = [
+        AlertState(
+            **{**a, "fired_at": _time(a["fired_at"]), "resolved_at": _time(a["resolved_at"])}
+        )
+        for a in row["alerts"]
+    ]
+    cause = row["root_cause"]
+    return Incident(
+        **{name: row[name] for name in _INCIDENT_COLUMNS},
+        alerts={alert.fingerprint: alert for alert in alerts},
+        root_cause=None if cause is None else RootCause(**cause),
+        timeline=tuple(timeline),
+    )
+
+
+def _event_row(item: TimelineEvent) -> dict[str, Any]:
+    return {f.name: getattr(item, f.name) for f in fields(item)}
+
+
+def _event_from_row(row: RowMapping) -> TimelineEvent:
+    return TimelineEvent(**{f.name: row[f.name] for f in fields(TimelineEvent)})
+
+
+def _plain(item: AlertState | RootCause) -> dict[str, Any]:
+    """Return a dataclass as a JSON object, times as ISO text in UTC."""
+    values = ((f.name, getattr(item, f.name)) for f in fields(item))
+    return {k: v.astimezone(UTC).isoformat() if isinstance(v, datetime) else v for k, v in values}
+
+
+def _time(text: str | None) -> datetime | None:
+    return None if text is None else datetime.fromisoformat(text)
+
+
+def _redacted(value: Any) -> Any:
+    """Return a JSON value with `redact_dsn` applied to every string in it."""
+    if isinstance(value, str):
+        return redact_dsn(value)
+    if isinstance(value, Mapping):
+        return {str(k): _redacted(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redacted(v) for v in value]
+    return value
+
+
+def _reason(exc: sa.exc.DBAPIError) -> str:
+    lines = str(exc.orig).strip().splitlines()
+    return redact_dsn(lines[0]) if lines else type(exc.orig).__name__
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
