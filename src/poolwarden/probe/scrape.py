@@ -1,14 +1,15 @@
 """Read an application's Prometheus ``/metrics`` endpoint, within a hard deadline.
 
-`scrape_metrics(url)` GETs the endpoint (see `_http`: the whole exchange is bounded by `timeout`),
-parses the body with prometheus_client's parser and returns a frozen `ScrapeResult` whose
-samples are looked up by sample or family name. Failures are one-line `ProbeError`s
-(`TargetUnreachable`, `TargetTimeout`, `TargetBadResponse`) naming the URL with its
-secrets redacted. Reference: docs/scrape.md.
+`scrape_metrics(url)` GETs the endpoint (`poolwarden._http`: the whole exchange is bounded by
+`timeout`), parses the body with prometheus_client's parser and returns a frozen
+`ScrapeResult` whose samples are looked up by sample or family name. Failures are one-line
+`ProbeError`s (`TargetUnreachable`, `TargetTimeout`, `TargetBadResponse`) naming the URL
+with its secrets redacted. Reference: docs/scrape.md.
 """
 
 from __future__ import annotations
 
+import http.client
 import io
 import ssl
 import time
@@ -20,8 +21,21 @@ from typing import Any
 from prometheus_client.openmetrics import parser as openmetrics_parser
 from prometheus_client.parser import text_fd_to_metric_families
 
-from poolwarden.errors import TargetBadResponse
-from poolwarden.probe._http import fetch, redact_url
+from poolwarden._http import (
+    CONNECTING,
+    Exchange,
+    HTTPFailure,
+    first_line,
+    parse_url,
+    redact_url,
+)
+from poolwarden.errors import (
+    ConfigError,
+    ProbeError,
+    TargetBadResponse,
+    TargetTimeout,
+    TargetUnreachable,
+)
 
 __all__ = [
     "MetricFamily",
@@ -32,6 +46,8 @@ __all__ = [
     "scrape_metrics",
 ]
 
+# The classic text format first: it is what prometheus_client's text parser reads.
+_ACCEPT = "text/plain;version=0.0.4;q=1.0,*/*;q=0.1"
 # What the parsers append to a family's name to name its samples.
 _SUFFIXES = ("_total", "_bucket", "_sum", "_count", "_created", "_gcount", "_gsum", "_info")
 
@@ -136,7 +152,7 @@ def scrape_metrics(
     shown = redact_url(url)
     taken_at = datetime.now(UTC)
     started = time.monotonic()
-    body, content_type = fetch(
+    body, content_type = _fetch(
         url, shown, timeout=timeout, max_bytes=max_bytes, headers=headers, context=context
     )
     families = _parse(_decode(body, shown), content_type, shown, status=200)
@@ -163,6 +179,105 @@ def parse_metrics(
     )
 
 
+# --- the request ------------------------------------------------------------------------
+
+
+def _fetch(
+    url: str,
+    shown: str,
+    *,
+    timeout: float,
+    max_bytes: int,
+    headers: Mapping[str, str] | None,
+    context: ssl.SSLContext | None,
+) -> tuple[bytes, str]:
+    """GET `url` within `timeout` seconds; return the body and its Content-Type."""
+    try:
+        target = parse_url(url, default_path="/metrics")
+    except ValueError:
+        raise ConfigError(
+            f"{shown}: not an http(s) URL with a host and a numeric port; "
+            "give one like http://127.0.0.1:8000/metrics"
+        ) from None
+    sent = {"Accept": _ACCEPT, "User-Agent": "poolwarden-scrape", **(headers or {})}
+    try:
+        with Exchange(target, timeout=timeout, context=context) as exchange:
+            response = exchange.send("GET", sent)
+            _check_head(response, shown, max_bytes)
+            # One byte over the cap is enough to know the body is too large.
+            body = exchange.read(response, max_bytes + 1)
+    except HTTPFailure as exc:
+        raise _failure(exc, shown, timeout) from None
+    if len(body) > max_bytes:
+        raise _too_large(shown, max_bytes, f"{len(body)} bytes read so far")
+    # http.client asked for `Accept-Encoding: identity`; a server that compresses anyway is
+    # broken, and inflating its body would need a second size cap.
+    encoding = (response.getheader("Content-Encoding") or "identity").strip().lower()
+    if encoding != "identity":
+        raise _bad(shown, f"unsupported Content-Encoding {encoding!r}", status=200)
+    return body, response.getheader("Content-Type", "")
+
+
+def _check_head(response: http.client.HTTPResponse, shown: str, max_bytes: int) -> None:
+    if response.status != 200:
+        where = response.getheader("Location")
+        moved = f" to {redact_url(where)}; scrape that URL instead" if where else ""
+        raise _bad(
+            shown,
+            f"HTTP {response.status} {response.reason}{moved}; expected 200 with Prometheus "
+            "text — check the path (usually /metrics) and that the app is healthy",
+            status=response.status,
+        )
+    announced = response.getheader("Content-Length")
+    if announced and announced.isdigit() and int(announced) > max_bytes:
+        raise _too_large(shown, max_bytes, f"it announces {int(announced)} bytes")
+
+
+def _failure(exc: HTTPFailure, shown: str, timeout: float) -> ProbeError:
+    """Return the `ProbeError` that explains why the exchange got no complete answer."""
+    if exc.timed_out:
+        got = f", {exc.received} body bytes so far" if exc.received else ""
+        return TargetTimeout(
+            f"{shown}: no complete answer within {timeout:g} s ({exc.phase}{got}); the "
+            "app may be hung or overloaded — raise the scrape timeout only if it is just slow",
+            target=shown,
+            timeout=timeout,
+        )
+    cause = exc.cause
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        return _bad(
+            shown,
+            f"its TLS certificate does not verify ({cause.verify_message}); pass "
+            "scrape_metrics() an ssl context that trusts the app's CA",
+        )
+    if exc.phase == CONNECTING:
+        return TargetUnreachable(
+            f"{shown}: cannot connect ({_reason(cause)}); check the host and port, and "
+            "that the app is running and serves its metrics there",
+            target=shown,
+        )
+    return _bad(shown, f"the connection broke while {exc.phase} ({_reason(cause)})")
+
+
+def _too_large(shown: str, max_bytes: int, detail: str) -> TargetBadResponse:
+    return _bad(
+        shown,
+        f"the body is larger than max_bytes={max_bytes} ({detail}); raise max_bytes "
+        "or drop high-cardinality series",
+        status=200,
+    )
+
+
+def _bad(shown: str, detail: str, *, status: int | None = None) -> TargetBadResponse:
+    return TargetBadResponse(f"{shown}: {detail}", target=shown, status=status)
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return first_line(exc)
+
+
 # --- parsing ------------------------------------------------------------------------------
 
 
@@ -181,7 +296,7 @@ def _parse(
     except (ValueError, IndexError, KeyError, TypeError) as exc:  # the parser's ways to fail
         raise TargetBadResponse(
             f"{url or 'metrics text'}: not {'OpenMetrics' if openmetrics else 'Prometheus'} "
-            f"text at line {lines.count} ({_first_line(exc)}): {lines.current[:60]!r}; "
+            f"text at line {lines.count} ({first_line(exc)}): {lines.current[:60]!r}; "
             "is this the app's metrics endpoint?",
             target=url,
             status=status,
@@ -216,18 +331,13 @@ def _decode(body: bytes, shown: str) -> str:
     try:
         return body.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise TargetBadResponse(
-            f"{shown}: the body is not UTF-8 (bad byte at offset {exc.start}); "
+        raise _bad(
+            shown,
+            f"the body is not UTF-8 (bad byte at offset {exc.start}); "
             "is this the app's metrics endpoint?",
-            target=shown,
             status=200,
         ) from None
 
 
 def _show(labels: Mapping[str, str]) -> str:
     return "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}" if labels else ""
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:120] if text else type(exc).__name__

@@ -2,11 +2,14 @@
 
 `SeriesStore` keeps the recent samples the watch loop gathers and answers the PromQL
 functions the rules need (docs/watch-series.md); `RuleEngine` turns measures into alerts
-with the built-in rule pack (docs/rules.md). `watch` prints nothing.
+with the built-in rule pack (docs/rules.md). The notifiers (`ConsoleNotifier`,
+`WebhookNotifier`, `AppriseNotifier`) send a `Notification` of `NotifyAlert`s
+(docs/watch-notify.md). `watch` prints nothing.
 """
 
 from __future__ import annotations
 
+from poolwarden.watch._fingerprint import alert_fingerprint
 from poolwarden.watch.incidents import (
     AlertLike,
     AlertState,
@@ -19,6 +22,21 @@ from poolwarden.watch.incidents import (
     new_incident_id,
     notification_key,
     timeline_event_id,
+)
+from poolwarden.watch.measures import MEASURES, compute_measures, record_measures
+from poolwarden.watch.notify import (
+    INCIDENT_ANNOTATION,
+    AppriseNotifier,
+    ConsoleNotifier,
+    Notification,
+    Notifier,
+    NotifyAlert,
+    SendResult,
+    Status,
+    alertmanager_payload,
+    apprise_message,
+    console_line,
+    encode_payload,
 )
 from poolwarden.watch.observation import Observation, TargetInfo
 from poolwarden.watch.rules import (
@@ -39,36 +57,70 @@ from poolwarden.watch.store import (
     Store,
     default_store_url,
 )
+from poolwarden.watch.webhook import (
+    DELIVERY_HEADER,
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    WebhookNotifier,
+    backoff_delay,
+    redact_webhook_url,
+    sign_body,
+    verify_signature,
+)
 
 __all__ = [
     "Alert",
     "AlertEvent",
     "AlertLike",
     "AlertState",
+    "AppriseNotifier",
+    "ConsoleNotifier",
+    "DELIVERY_HEADER",
     "FindingLike",
+    "INCIDENT_ANNOTATION",
     "Incident",
     "IncidentBook",
     "IncidentUpdate",
     "KNOWN_MEASURES",
     "LabelSet",
+    "MEASURES",
+    "Notification",
     "NotificationRecord",
+    "Notifier",
+    "NotifyAlert",
     "Observation",
     "RootCause",
     "Rule",
     "RuleEngine",
+    "SIGNATURE_HEADER",
     "STORE_SCHEMA_VERSION",
+    "SendResult",
     "SeriesStats",
     "SeriesStore",
+    "Status",
     "Store",
+    "TIMESTAMP_HEADER",
     "TargetInfo",
     "TimelineEvent",
+    "WebhookNotifier",
+    "alert_fingerprint",
+    "alertmanager_payload",
+    "apprise_message",
+    "backoff_delay",
+    "compute_measures",
+    "console_line",
     "default_store_url",
+    "encode_payload",
     "format_duration",
     "load_rules",
     "new_incident_id",
     "notification_key",
     "parse_duration",
     "prometheus_rule",
+    "record_measures",
+    "redact_webhook_url",
     "seconds_to_exhaustion",
+    "sign_body",
     "timeline_event_id",
+    "verify_signature",
 ]

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from poolwarden.errors import ConfigError
+from poolwarden.watch._fingerprint import alert_fingerprint as fingerprint
 from poolwarden.watch._rule_text import render_template
 from poolwarden.watch.series import LabelSet
 
@@ -22,16 +23,6 @@ if TYPE_CHECKING:  # rules.py imports this module; the engine only reads Rule's 
 __all__ = ["Alert", "AlertEvent", "RuleEngine"]
 
 _SEVERITY_RANK = {"critical": 0, "warning": 1, "info": 2}
-
-
-def fingerprint(labels: Mapping[str, str]) -> str:
-    """Return Alertmanager's fingerprint of `labels`: FNV-1a 64 over the sorted pairs, hex."""
-    digest = 0xCBF29CE484222325
-    for name in sorted(labels):
-        for part in (name, labels[name]):
-            for byte in part.encode() + b"\xff":
-                digest = ((digest ^ byte) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
-    return f"{digest:016x}"
 
 
 @dataclass(frozen=True, slots=True)
