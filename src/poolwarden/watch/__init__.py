@@ -10,6 +10,14 @@ with the built-in rule pack (docs/rules.md). The notifiers (`ConsoleNotifier`,
 from __future__ import annotations
 
 from poolwarden.watch._fingerprint import alert_fingerprint
+from poolwarden.watch.diagnose import (
+    CAUSES,
+    Cause,
+    DiagnosisThresholds,
+    Finding,
+    diagnose,
+    record_diagnosis,
+)
 from poolwarden.watch.incidents import (
     AlertLike,
     AlertState,
@@ -74,8 +82,12 @@ __all__ = [
     "AlertLike",
     "AlertState",
     "AppriseNotifier",
+    "CAUSES",
+    "Cause",
     "ConsoleNotifier",
     "DELIVERY_HEADER",
+    "DiagnosisThresholds",
+    "Finding",
     "FindingLike",
     "INCIDENT_ANNOTATION",
     "Incident",
@@ -110,6 +122,7 @@ __all__ = [
     "compute_measures",
     "console_line",
     "default_store_url",
+    "diagnose",
     "encode_payload",
     "format_duration",
     "load_rules",
@@ -117,6 +130,7 @@ __all__ = [
     "notification_key",
     "parse_duration",
     "prometheus_rule",
+    "record_diagnosis",
     "record_measures",
     "redact_webhook_url",
     "seconds_to_exhaustion",
