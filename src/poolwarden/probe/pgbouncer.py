@@ -13,13 +13,7 @@ an autocommit connection and a `psycopg.ClientCursor` without parameters.
 
 from __future__ import annotations
 
-import contextlib
-import math
-import os
 import re
-import socket
-import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -27,14 +21,13 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from poolwarden._dsn import describe_target, redact_dsn
-from poolwarden.errors import (
-    AuthenticationFailed,
-    DatabaseNotFound,
-    DatabaseUnreachable,
-    ProbeError,
+from poolwarden._dsn import describe_target
+from poolwarden.probe._pgbouncer_console import (
+    Deadline,
+    connect_admin,
+    query_deadline,
+    query_error,
 )
-from poolwarden.probe.postgres import PROBE_APPLICATION_NAME
 
 __all__ = [
     "PgBouncerConfig",
@@ -45,7 +38,6 @@ __all__ = [
     "pgbouncer_snapshot",
 ]
 
-ADMIN_DATABASE = "pgbouncer"
 # The commands whose columns are read by name; each is a key of `missing_columns`.
 COMMANDS = ("SHOW POOLS", "SHOW STATS", "SHOW DATABASES", "SHOW CONFIG")
 
@@ -165,8 +157,8 @@ def pgbouncer_snapshot(
     target = describe_target(admin_dsn)
     taken_at = datetime.now(UTC)
     with (
-        _connect(admin_dsn, target, connect_timeout) as conn,
-        _deadline(conn, query_timeout) as deadline,
+        connect_admin(admin_dsn, target, connect_timeout) as conn,
+        query_deadline(conn, query_timeout) as deadline,
     ):
         tables = _read(conn, target, deadline)
     return _build(target, taken_at, tables)
@@ -220,7 +212,7 @@ _SPELLINGS = {
 }
 
 
-def _read(conn: psycopg.Connection[Any], target: str, deadline: _Deadline) -> dict[str, _Table]:
+def _read(conn: psycopg.Connection[Any], target: str, deadline: Deadline) -> dict[str, _Table]:
     cur = psycopg.ClientCursor(conn, row_factory=dict_row)
     tables: dict[str, _Table] = {}
     for command in ("SHOW VERSION", *COMMANDS):
@@ -231,7 +223,7 @@ def _read(conn: psycopg.Connection[Any], target: str, deadline: _Deadline) -> di
             tables[command] = _Table(command, columns, cur.fetchall())
         except psycopg.Error as exc:
             timeout = deadline.seconds if deadline.fired.is_set() else 0.0
-            raise _query_error(conn, target, command, exc, timeout) from None
+            raise query_error(conn, target, command, exc, timeout) from None
     return tables
 
 
@@ -360,119 +352,3 @@ def _config(t: _Table) -> PgBouncerConfig:
             t.missing.add(key)  # absent in this version, or unreadable: the default holds
             typed[key] = default
     return PgBouncerConfig(**typed, raw=raw)
-
-
-# -- connecting and failing --------------------------------------------------------------
-
-# PgBouncer's and libpq's fixed wording (no SQLSTATE reaches psycopg before the login ends),
-# the error it means, and what to say about it ({detail} is filled in).
-_CONNECT_FAILURES: tuple[tuple[re.Pattern[str], type[ProbeError], str], ...] = (
-    (re.compile(r"\bnot allowed\b", re.I), AuthenticationFailed,
-     "PgBouncer does not let this user use its admin console; add the user to "
-     "admin_users or stats_users in pgbouncer.ini and RELOAD"),
-    (re.compile(r"authentication failed|no password supplied|no such user", re.I),
-     AuthenticationFailed,
-     "authentication failed ({detail}); check the user and password in the DSN against "
-     "PgBouncer's auth_file"),
-    (re.compile(r"no such database|database \".*\" does not exist", re.I), DatabaseNotFound,
-     "{detail}; the admin console is dbname=" + ADMIN_DATABASE),
-    (re.compile(r"no more connections allowed", re.I), ProbeError,
-     "PgBouncer refused the connection because max_client_conn is reached ({detail}); "
-     "raise max_client_conn or find the clients that flood it"),
-    (re.compile(
-        r"connection refused|could not translate host|failed to resolve host|timeout expired"
-        r"|no such file or directory|network is unreachable|no route to host"
-        r"|could not connect|server closed the connection|connection reset", re.I),
-     DatabaseUnreachable,
-     "cannot connect ({detail}); check PgBouncer's listen_addr and listen_port and that it "
-     "is running"),
-)  # fmt: skip
-
-
-def _connect(dsn: str, target: str, timeout: float) -> psycopg.Connection[Any]:
-    try:
-        return psycopg.connect(
-            dsn, autocommit=True, connect_timeout=max(1, math.ceil(timeout)),
-            application_name=PROBE_APPLICATION_NAME,
-        )  # fmt: skip
-    except psycopg.OperationalError as exc:
-        detail = _detail(str(exc))
-        for pattern, error, advice in _CONNECT_FAILURES:
-            if pattern.search(detail):
-                message = advice.format(detail=detail)
-                raise error(f"{target}: {message}", target=target) from None
-        raise ProbeError(f"{target}: cannot connect ({detail})", target=target) from None
-
-
-def _query_error(
-    conn: psycopg.Connection[Any], target: str, command: str, exc: psycopg.Error, timeout: float
-) -> ProbeError:
-    """Explain a failed SHOW; `timeout` is the deadline that cut it, 0 if none did."""
-    detail = _detail(str(exc))
-    if timeout:
-        return DatabaseUnreachable(
-            f"{target}: PgBouncer did not answer {command} within {timeout:g} s; it may be "
-            "stopped or overloaded (it runs on one CPU core)",
-            target=target,
-        )
-    if conn.broken or conn.closed:
-        return DatabaseUnreachable(
-            f"{target}: connection lost during {command} ({detail})", target=target
-        )
-    if command == "SHOW VERSION":
-        return ProbeError(
-            f"{target}: not a PgBouncer admin console ({command}: {detail}); point the DSN at "
-            f"PgBouncer's port with dbname={ADMIN_DATABASE}",
-            target=target,
-        )
-    return ProbeError(f"{target}: PgBouncer refused {command} ({detail})", target=target)
-
-
-def _detail(message: str) -> str:
-    """Return the reason on one line, without libpq's 'connection to server ...' preamble."""
-    lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
-    text = lines[0] if lines else "unknown error"
-    text = re.sub(r"^connection (failed|is bad):\s*", "", text)
-    text = re.sub(r"^connection to server (at|on) .*? failed:\s*", "", text)
-    text = re.sub(r"^FATAL:\s*", "", text)
-    return redact_dsn(text)
-
-
-@dataclass(frozen=True, slots=True)
-class _Deadline:
-    seconds: float
-    fired: threading.Event
-
-
-@contextlib.contextmanager
-def _deadline(conn: psycopg.Connection[Any], seconds: float) -> Iterator[_Deadline]:
-    """Shut the connection's socket down if the block outlasts `seconds`.
-
-    A stopped or wedged PgBouncer still completes TCP handshakes in the kernel, so a read
-    would block for ever; shutting the socket down wakes it with an error instead.
-    """
-    fired = threading.Event()
-    # The lock keeps expire() from touching a socket number the connection already freed.
-    lock = threading.Lock()
-    done = False
-
-    def expire() -> None:
-        with lock:
-            if done:
-                return
-            fired.set()
-            with (
-                contextlib.suppress(OSError, psycopg.Error),
-                socket.socket(fileno=os.dup(conn.pgconn.socket)) as sock,
-            ):
-                sock.shutdown(socket.SHUT_RDWR)
-
-    timer = threading.Timer(seconds, expire)
-    timer.daemon = True
-    timer.start()
-    try:
-        yield _Deadline(seconds, fired)
-    finally:
-        with lock:
-            done = True
-        timer.cancel()
