@@ -48,7 +48,7 @@ def connect(dsn: str, *, application_name: str, timeout: float = 5.0) -> psycopg
 def classify(dsn: str, exc: psycopg.OperationalError) -> ProbeError:
     """Map a connection failure to the `ProbeError` subclass and message that explain it."""
     target = describe_target(dsn)
-    detail = _detail(str(exc), dsn)
+    detail = failure_detail(str(exc))
     if _AUTH.search(detail):
         return AuthenticationFailed(
             f"{target}: authentication failed ({detail}); check the user and password in the DSN",
@@ -75,7 +75,7 @@ def classify(dsn: str, exc: psycopg.OperationalError) -> ProbeError:
     return ProbeError(f"{target}: cannot connect ({detail})", target=target)
 
 
-def _detail(message: str, dsn: str) -> str:
+def failure_detail(message: str) -> str:
     """Return libpq's reason on one line, without the 'connection to server ...' preamble."""
     lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
     text = lines[0] if lines else "unknown error"

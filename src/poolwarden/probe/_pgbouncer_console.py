@@ -19,13 +19,13 @@ from typing import Any
 
 import psycopg
 
-from poolwarden._dsn import redact_dsn
 from poolwarden.errors import (
     AuthenticationFailed,
     DatabaseNotFound,
     DatabaseUnreachable,
     ProbeError,
 )
+from poolwarden.probe._connect import failure_detail
 from poolwarden.probe.postgres import PROBE_APPLICATION_NAME
 
 ADMIN_DATABASE = "pgbouncer"
@@ -63,7 +63,7 @@ def connect_admin(dsn: str, target: str, timeout: float) -> psycopg.Connection[A
             application_name=PROBE_APPLICATION_NAME,
         )  # fmt: skip
     except psycopg.OperationalError as exc:
-        detail = _detail(str(exc))
+        detail = failure_detail(str(exc))
         for pattern, error, advice in _CONNECT_FAILURES:
             if pattern.search(detail):
                 message = advice.format(detail=detail)
@@ -75,7 +75,7 @@ def query_error(
     conn: psycopg.Connection[Any], target: str, command: str, exc: psycopg.Error, timeout: float
 ) -> ProbeError:
     """Explain a failed SHOW; `timeout` is the deadline that cut it, 0 if none did."""
-    detail = _detail(str(exc))
+    detail = failure_detail(str(exc))
     if timeout:
         return DatabaseUnreachable(
             f"{target}: PgBouncer did not answer {command} within {timeout:g} s; it may be "
@@ -93,16 +93,6 @@ def query_error(
             target=target,
         )
     return ProbeError(f"{target}: PgBouncer refused {command} ({detail})", target=target)
-
-
-def _detail(message: str) -> str:
-    """Return the reason on one line, without libpq's 'connection to server ...' preamble."""
-    lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
-    text = lines[0] if lines else "unknown error"
-    text = re.sub(r"^connection (failed|is bad):\s*", "", text)
-    text = re.sub(r"^connection to server (at|on) .*? failed:\s*", "", text)
-    text = re.sub(r"^FATAL:\s*", "", text)
-    return redact_dsn(text)
 
 
 @dataclass(frozen=True, slots=True)
