@@ -9,7 +9,16 @@ from pathlib import Path
 import pydantic
 import pytest
 
-from poolwarden.config import Config, DatabaseConfig, TargetConfig, load_config
+from poolwarden.config import (
+    Config,
+    DatabaseConfig,
+    NotifyConfig,
+    PgBouncerAdminConfig,
+    TargetConfig,
+    WatchConfig,
+    WebhookConfig,
+    load_config,
+)
 from poolwarden.errors import ConfigError, DsnError
 
 PASSWORD = "hunter2-s3cret"
@@ -240,7 +249,8 @@ def test_top_level_must_be_a_mapping(tmp_path: Path, text: str, what: str) -> No
     """A file whose top level is not a mapping says what it is and which keys to write."""
     message = config_error(write(tmp_path, text))
     assert message.endswith(
-        f"the top level is {what}; write a mapping with the keys databases, targets"
+        f"the top level is {what}; write a mapping with the keys databases, targets, "
+        "pgbouncers, watch, notify, rules"
     )
 
 
@@ -523,3 +533,80 @@ def test_models_built_in_code_validate_and_hide_the_dsn() -> None:
                 TargetConfig(name="a", url="http://b/"),
             ]
         )
+
+
+WATCH = """\
+pgbouncers:
+  edge:
+    dsn: "postgresql://pgb_admin:${PGB_PASSWORD}@127.0.0.1:6432/pgbouncer"
+watch:
+  interval: 0.5
+  store: sqlite:///tmp/pw.db
+  probe_timeout: 1.5
+notify:
+  console: false
+  webhooks:
+    - url: http://127.0.0.1:9000/hook
+      hmac_secret: "${HOOK_SECRET}"
+      timeout: 2
+      retries: 1
+rules:
+  - name: PoolwardenIdleInTransactionTooLong
+    threshold: 1
+"""
+
+
+def test_watch_sections_load_with_env_expanded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pgbouncers, watch, notify and rules load; ${ENV} expands in PgBouncer DSNs and secrets."""
+    monkeypatch.setenv("PGB_PASSWORD", PASSWORD)
+    monkeypatch.setenv("HOOK_SECRET", "k3y")
+    config = load_config(write(tmp_path, WATCH))
+
+    assert config.pgbouncers == {
+        "edge": PgBouncerAdminConfig(
+            dsn=f"postgresql://pgb_admin:{PASSWORD}@127.0.0.1:6432/pgbouncer"
+        )
+    }
+    assert config.watch == WatchConfig(interval=0.5, store="sqlite:///tmp/pw.db", probe_timeout=1.5)
+    assert config.notify == NotifyConfig(
+        console=False,
+        webhooks=[
+            WebhookConfig(url="http://127.0.0.1:9000/hook", hmac_secret="k3y", timeout=2, retries=1)
+        ],
+    )
+    assert config.rules == [{"name": "PoolwardenIdleInTransactionTooLong", "threshold": 1}]
+
+
+def test_watch_sections_default_when_absent(tmp_path: Path) -> None:
+    """Without the watch sections: no PgBouncer, 1 s interval, default store, console on."""
+    config = load_config(write(tmp_path, "databases: {}\nwatch:\nnotify:\n"))
+
+    assert config.pgbouncers == {}
+    assert config.watch == WatchConfig(interval=1.0, store=None, probe_timeout=2.0)
+    assert config.notify == NotifyConfig(webhooks=[], console=True)
+    assert config.rules == []
+
+
+def test_missing_webhook_secret_variable_names_the_field(tmp_path: Path) -> None:
+    """An unset variable in a webhook's hmac_secret names the field, not the value."""
+    text = (
+        "notify:\n  webhooks:\n    - url: http://127.0.0.1:9/h\n      hmac_secret: ${NOPE_PW_X}\n"
+    )
+    message = config_error(write(tmp_path, text))
+    assert "notify.webhooks[0].hmac_secret: environment variable NOPE_PW_X is not set" in message
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("watch:\n  interval: 0\n", "watch.interval: got an integer (0); give a number > 0"),
+        ("watch:\n  intervall: 1\n", "watch.intervall: unknown key"),
+        ("notify:\n  webhooks:\n    - url: ftp://x/\n", "notify.webhooks[0].url: scheme"),
+        ("pgbouncers:\n  edge:\n    dsn: 'mysql://x'\n", "pgbouncers.edge.dsn: scheme"),
+    ],
+)
+def test_bad_watch_fields_name_the_field(tmp_path: Path, text: str, expected: str) -> None:
+    """A wrong watch, notify or pgbouncers field gives one line naming the field."""
+    assert expected in config_error(write(tmp_path, text))

@@ -17,7 +17,16 @@ from __future__ import annotations
 import logging
 
 from poolwarden._dsn import redact_dsn
-from poolwarden.config import Config, DatabaseConfig, TargetConfig, load_config
+from poolwarden.config import (
+    Config,
+    DatabaseConfig,
+    NotifyConfig,
+    PgBouncerAdminConfig,
+    TargetConfig,
+    WatchConfig,
+    WebhookConfig,
+    load_config,
+)
 from poolwarden.embedded import EmbeddedServer, EmbeddedStatus, default_data_dir
 from poolwarden.errors import (
     AuthenticationFailed,
@@ -145,6 +154,8 @@ __all__ = [
     "LockWait",
     "MetricFamily",
     "MetricSample",
+    "NotifyConfig",
+    "PgBouncerAdminConfig",
     "PgBouncerConfig",
     "PgBouncerDatabase",
     "PgBouncerPool",
@@ -168,6 +179,8 @@ __all__ = [
     "TargetUnreachable",
     "TooManyConnections",
     "Wake",
+    "WatchConfig",
+    "WebhookConfig",
     "apply_budget",
     "check_budget",
     "collector_for",

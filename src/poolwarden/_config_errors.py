@@ -87,6 +87,7 @@ _EXPECTED = {
     "model_type": "a mapping",
     "model_attributes_type": "a mapping",
 }
+_BOUNDS = {"greater_than": ">", "greater_than_equal": ">="}
 _TYPE_FIX = {
     "databases": "write one entry per database, like 'main: {dsn: ...}'",
     "databases.*": "put the DSN under a dsn key, like 'main: {dsn: postgresql://app@db/app}'",
@@ -141,6 +142,9 @@ def _describe_error(error: ErrorDetails, data: object, root: type[BaseModel]) ->
         return f"{path}: unknown key; {hint}allowed keys here: {', '.join(allowed)}"
     if kind == "string_pattern_mismatch":
         return f"{path}: name {value!r} {_name_problem(str(value))}"
+    if kind in _BOUNDS:
+        bound = ctx.get("gt", ctx.get("ge"))
+        return f"{path}: got {describe_value(value)}; give a number {_BOUNDS[kind]} {bound}"
     if kind in _EXPECTED:
         fix = _TYPE_FIX.get(schema, "write it as a quoted string")
         return f"{path}: expected {_EXPECTED[kind]}, got {describe_value(value)}; {fix}"

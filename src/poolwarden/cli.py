@@ -18,6 +18,8 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from poolwarden._cli_export import register as _register_export
+from poolwarden._cli_watch import register as _register_watch
 from poolwarden._dsn import normalize_dsn, redact_dsn, resolve_dsn
 from poolwarden.config import load_config
 from poolwarden.embedded import EmbeddedServer, EmbeddedStatus
@@ -41,6 +43,8 @@ db_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(db_app, name="db")
+_register_export(app)
+_register_watch(app)
 
 DirOption = Annotated[
     Path | None,

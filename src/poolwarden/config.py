@@ -42,7 +42,16 @@ from poolwarden._config_errors import (
 from poolwarden._dsn import redact_dsn
 from poolwarden.errors import ConfigError
 
-__all__ = ["Config", "DatabaseConfig", "TargetConfig", "load_config"]
+__all__ = [
+    "Config",
+    "DatabaseConfig",
+    "NotifyConfig",
+    "PgBouncerAdminConfig",
+    "TargetConfig",
+    "WatchConfig",
+    "WebhookConfig",
+    "load_config",
+]
 
 NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"
 
@@ -98,13 +107,76 @@ class TargetConfig(_Frozen):
         return url
 
 
+class PgBouncerAdminConfig(_Frozen):
+    """A PgBouncer's admin console: a DSN with ``dbname=pgbouncer`` (URL or key=value form)."""
+
+    dsn: str
+
+    @field_validator("dsn")
+    @classmethod
+    def _check_dsn(cls, dsn: str) -> str:
+        problem = _dsn_problem(dsn)
+        if problem:
+            raise invalid(problem, kind=INVALID_DSN)
+        return dsn
+
+
+class WatchConfig(_Frozen):
+    """How `poolwarden watch` runs: tick interval, incident store, per-probe deadline."""
+
+    interval: float = Field(default=1.0, gt=0, allow_inf_nan=False)
+    store: str | None = None  # a SQLAlchemy URL; None: the user's data dir (SQLite)
+    probe_timeout: float = Field(default=2.0, gt=0, allow_inf_nan=False)
+
+
+class WebhookConfig(_Frozen):
+    """An Alertmanager-compatible webhook receiver; `hmac_secret` may hold ``${ENV}``."""
+
+    url: str
+    hmac_secret: str | None = None
+    timeout: float = Field(default=5.0, gt=0, allow_inf_nan=False)
+    retries: int = Field(default=3, ge=0)
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, url: str) -> str:
+        problem = _url_problem(url)
+        if problem:
+            raise invalid(problem.replace(_URL_EXAMPLE, _WEBHOOK_EXAMPLE))
+        return url
+
+
+class NotifyConfig(_Frozen):
+    """Where alerts go: the console (on by default) and any webhooks."""
+
+    webhooks: Annotated[list[WebhookConfig], BeforeValidator(_null_as_empty_list)] = Field(
+        default_factory=list
+    )
+    console: bool = True
+
+
 class Config(_Frozen):
-    """The whole of ``poolwarden.yaml``: databases by name and the targets to scrape."""
+    """The whole of ``poolwarden.yaml``: databases, PgBouncers, targets and how to watch them.
+
+    `rules` are overrides and additions passed to `poolwarden.watch.rules.load_rules`.
+    """
 
     databases: Annotated[dict[Name, DatabaseConfig], BeforeValidator(_null_as_empty)] = Field(
         default_factory=dict
     )
     targets: Annotated[list[TargetConfig], BeforeValidator(_null_as_empty_list)] = Field(
+        default_factory=list
+    )
+    pgbouncers: Annotated[dict[Name, PgBouncerAdminConfig], BeforeValidator(_null_as_empty)] = (
+        Field(default_factory=dict)
+    )
+    watch: Annotated[WatchConfig, BeforeValidator(_null_as_empty)] = Field(
+        default_factory=WatchConfig
+    )
+    notify: Annotated[NotifyConfig, BeforeValidator(_null_as_empty)] = Field(
+        default_factory=NotifyConfig
+    )
+    rules: Annotated[list[dict[str, Any]], BeforeValidator(_null_as_empty_list)] = Field(
         default_factory=list
     )
 
@@ -140,6 +212,7 @@ _URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _QUOTED = re.compile(r'"([^"]*)"')
 _DSN_EXAMPLE = "write it like 'postgresql://app@db:5432/app' or 'host=db dbname=app'"
 _URL_EXAMPLE = "write the app's metrics endpoint, like 'http://orders-api:8000/metrics'"
+_WEBHOOK_EXAMPLE = "write the receiver's endpoint, like 'http://alerts.internal:9000/hook'"
 
 
 def _dsn_problem(dsn: str) -> str | None:
@@ -284,19 +357,30 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def _expand_dsns(where: str, data: dict[Any, Any], environ: Mapping[str, str]) -> None:
-    """Expand ``${NAME}`` in each ``databases.*.dsn`` string of the parsed file, in place.
+    """Expand ``${NAME}`` in the secrets of the parsed file, in place.
 
-    Anything of the wrong shape is left for validation to report.
+    That is each ``databases.*.dsn``, ``pgbouncers.*.dsn`` and
+    ``notify.webhooks[].hmac_secret``. Anything of the wrong shape is left for validation.
     """
-    databases = data.get("databases")
-    if not isinstance(databases, dict):
-        return
-    for name, database in databases.items():
-        if isinstance(database, dict) and isinstance(database.get("dsn"), str):
-            try:
-                database["dsn"] = _expand_env(database["dsn"], environ)
-            except ValueError as exc:
-                raise ConfigError(f"{where}: databases.{name}.dsn: {exc}") from None
+    for section in ("databases", "pgbouncers"):
+        entries = data.get(section)
+        if isinstance(entries, dict):
+            for name, entry in entries.items():
+                _expand_key(where, entry, "dsn", f"{section}.{name}.dsn", environ)
+    notify = data.get("notify")
+    hooks = notify.get("webhooks") if isinstance(notify, dict) else None
+    if isinstance(hooks, list):
+        for index, hook in enumerate(hooks):
+            path = f"notify.webhooks[{index}].hmac_secret"
+            _expand_key(where, hook, "hmac_secret", path, environ)
+
+
+def _expand_key(where: str, entry: object, key: str, path: str, environ: Mapping[str, str]) -> None:
+    if isinstance(entry, dict) and isinstance(entry.get(key), str):
+        try:
+            entry[key] = _expand_env(entry[key], environ)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {path}: {exc}") from None
 
 
 def _expand_env(value: str, environ: Mapping[str, str]) -> str:
