@@ -18,6 +18,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from poolwarden._cli_audit import register as _register_audit
 from poolwarden._cli_export import register as _register_export
 from poolwarden._cli_watch import register as _register_watch
 from poolwarden._dsn import normalize_dsn, redact_dsn, resolve_dsn
@@ -45,6 +46,7 @@ db_app = typer.Typer(
 app.add_typer(db_app, name="db")
 _register_export(app)
 _register_watch(app)
+_register_audit(app)
 
 DirOption = Annotated[
     Path | None,
