@@ -9,10 +9,15 @@ import poolwarden
 
 # Adapters for optional libraries are imported only by apps that use them; their names
 # live in their own module and are not re-exported.
-OPTIONAL = {"poolwarden.guard.sqlalchemy", "poolwarden.guard.asyncpg", "poolwarden.guard.asgi"}
+OPTIONAL = {
+    "poolwarden.guard.sqlalchemy",
+    "poolwarden.guard.asyncpg",
+    "poolwarden.guard.asgi",
+    "poolwarden.web.app",
+}
 # The monitor's names (Alert, Rule, Incident...) live in `poolwarden.watch`, not at the top:
 # they would crowd the library API an app imports for its pool.
-NAMESPACES = ("poolwarden.watch",)
+NAMESPACES = ("poolwarden.watch", "poolwarden.web")
 
 
 def _public_modules() -> list[str]:

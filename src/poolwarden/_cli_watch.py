@@ -74,8 +74,21 @@ def watch_cmd(
         str | None, typer.Option("--store", help="SQLAlchemy URL of the incident store.")
     ] = None,
     max_ticks: Annotated[int | None, typer.Option("--max-ticks", min=1, hidden=True)] = None,
+    web: Annotated[
+        str | None,
+        typer.Option("--web", metavar="HOST:PORT", help="Serve the dashboard (loopback)."),
+    ] = None,
+    web_token: Annotated[
+        str | None,
+        typer.Option(
+            "--web-token",
+            envvar="POOLWARDEN_WEB_TOKEN",
+            help="Bearer token the dashboard requires; needed off loopback.",
+        ),
+    ] = None,
 ) -> int:
     """Watch the databases, PgBouncers and apps; alert and name the root cause."""
+    dashboard = _dashboard_settings(web, web_token, once)
     cfg = load_config(config) if config is not None else Config()
     source = f"{config}: rules" if config is not None else "rules"
     rules = load_rules(overrides=cfg.rules, source=source)
@@ -96,12 +109,44 @@ def watch_cmd(
             watcher.tick()
             firing = [a for a in watcher.engine.active() if a.state == "firing"]
             return EXIT_CRITICAL if any(a.severity == "critical" for a in firing) else EXIT_OK
-        with _stop_on_signals() as stop:
+        with _stop_on_signals() as stop, _dashboard(watcher, dashboard):
             watcher.run(max_ticks=max_ticks, stop=stop)
         return EXIT_OK
     finally:
         watcher.close()
         watcher.store.close()
+
+
+def _dashboard_settings(
+    web: str | None, token: str | None, once: bool
+) -> tuple[str, int, str | None] | None:
+    """Return (host, port, token) for --web, checked before anything starts; None without."""
+    if web is None:
+        return None
+    if once:
+        raise ConfigError("--web serves the dashboard of the loop; drop --once or --web")
+    try:
+        from poolwarden.web.app import parse_bind, web_token
+    except ImportError:
+        raise ConfigError(
+            "--web needs Starlette and uvicorn: pip install 'poolwarden[asgi]'"
+        ) from None
+    host, port = parse_bind(web)
+    return host, port, web_token(host, token)
+
+
+@contextmanager
+def _dashboard(watcher: Watcher, settings: tuple[str, int, str | None] | None) -> Iterator[None]:
+    """Serve the dashboard over `watcher` for the block (nothing when `settings` is None)."""
+    if settings is None:
+        yield
+        return
+    from poolwarden.web.app import create_app, serving
+
+    host, port, token = settings
+    with serving(create_app(watcher, token=token), host, port) as url:
+        Console(stderr=True, highlight=False).print(f"dashboard: {url}/", markup=False)
+        yield
 
 
 def _databases(cfg: Config, dsn: str | None, path: Path | None) -> dict[str, str]:

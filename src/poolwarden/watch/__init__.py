@@ -43,7 +43,14 @@ from poolwarden.watch.incidents import (
     notification_key,
     timeline_event_id,
 )
-from poolwarden.watch.loop import Probes, TickReport, Watcher, WatchEvent, once_rules
+from poolwarden.watch.loop import (
+    Probes,
+    StateSnapshot,
+    TickReport,
+    Watcher,
+    WatchEvent,
+    once_rules,
+)
 from poolwarden.watch.measures import MEASURES, compute_measures, record_measures
 from poolwarden.watch.notify import (
     INCIDENT_ANNOTATION,
@@ -126,6 +133,7 @@ __all__ = [
     "SendResult",
     "SeriesStats",
     "SeriesStore",
+    "StateSnapshot",
     "Status",
     "Store",
     "TESTS_FILE",

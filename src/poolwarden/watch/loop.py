@@ -8,6 +8,9 @@ and hands each firing or resolved alert to the notifiers once (claimed in the st
 it is sent). `Watcher.start()` restores the engine's state and the open incidents, so a
 restart, even after ``kill -9``, continues the incident with no second notification.
 What happens is reported as `WatchEvent`s to `on_event`; nothing is printed here.
+Readers in other threads (the dashboard) take `Watcher.state()`, an immutable
+`StateSnapshot` published at the end of each tick, and read the series through
+`Watcher.read_series()`; both hold the watcher's lock, as the tick does while it appends.
 Reference: docs/watch.md.
 """
 
@@ -21,7 +24,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from poolwarden._dsn import redact_dsn
 from poolwarden.errors import DatabaseUnreachable, ProbeError, TargetTimeout
@@ -32,7 +35,7 @@ from poolwarden.watch.incidents import Incident, IncidentBook, IncidentUpdate, n
 from poolwarden.watch.measures import compute_measures, record_measures
 from poolwarden.watch.notify import Notification, Notifier, NotifyAlert, SendResult
 from poolwarden.watch.observation import Observation, TargetInfo
-from poolwarden.watch.rules import AlertEvent, Rule, RuleEngine
+from poolwarden.watch.rules import Alert, AlertEvent, Rule, RuleEngine
 from poolwarden.watch.series import SeriesStore
 from poolwarden.watch.store import Store
 
@@ -43,7 +46,14 @@ try:  # diagnose is optional at import time: the loop runs (without root causes)
 except ImportError:  # pragma: no cover - only while diagnose.py is being written
     _DIAGNOSE = False
 
-__all__ = ["Probes", "TickReport", "WatchEvent", "Watcher", "once_rules"]
+__all__ = [
+    "Probes",
+    "StateSnapshot",
+    "TickReport",
+    "WatchEvent",
+    "Watcher",
+    "once_rules",
+]
 
 logger = logging.getLogger("poolwarden.watch.loop")
 
@@ -73,6 +83,29 @@ class TickReport:
 
 
 @dataclass(frozen=True, slots=True)
+class StateSnapshot:
+    """What the loop knew after its latest tick, safe to read from any thread.
+
+    `observation` is None before the first tick. `alerts` are the pending and firing
+    alerts (most severe first); `open_incidents` oldest first; `recent_incidents` the
+    last resolved ones, newest first (at most 20).
+    """
+
+    ticks: int
+    interval: float
+    observation: Observation | None
+    alerts: tuple[Alert, ...]
+    open_incidents: tuple[Incident, ...]
+    recent_incidents: tuple[Incident, ...]
+
+
+# Appends to the series each tick, after the loop's own (e.g. the dashboard's gauges).
+_Recorder = Callable[[SeriesStore, Observation], None]
+_RECENT_INCIDENTS = 20
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True, slots=True)
 class Probes:
     """The probe functions (name-free): database DSN, PgBouncer admin DSN, target URL."""
 
@@ -94,7 +127,8 @@ class Watcher:
     `databases` and `pgbouncers` map names to DSNs; `notifiers` map a channel name to a
     `Notifier`. `clock` (epoch seconds) and `sleep` are injectable for tests; `probes`
     replaces the real probe functions. Call `start()` once, then `tick()` or `run()`;
-    `close()` waits (bounded) for notifications in flight. Not thread-safe.
+    `close()` waits (bounded) for notifications in flight. One thread ticks; any thread
+    may call `state()`, `read_series()` and `add_recorder()`.
     """
 
     def __init__(
@@ -132,6 +166,30 @@ class Watcher:
         self._sent: list[tuple[str, str, str, str, Future[SendResult]]] = []
         self._failing: set[tuple[str, str]] = set()
         self.ticks = 0
+        # Guards the series while the tick appends and `_state` while it is replaced.
+        self._lock = threading.Lock()
+        self._recorders: list[_Recorder] = []
+        self._state = StateSnapshot(0, interval, None, (), (), ())
+
+    # -- readers in other threads ------------------------------------------------------
+
+    def state(self) -> StateSnapshot:
+        """Return the snapshot published by the latest tick (immutable; share it freely)."""
+        with self._lock:
+            return self._state
+
+    def read_series(self, read: Callable[[SeriesStore], _T]) -> _T:
+        """Return `read(self.series)`, run while no tick appends; `read` must copy what it keeps.
+
+        The lock is not re-entrant: `read` must not call `state()` or `read_series()`.
+        """
+        with self._lock:
+            return read(self.series)
+
+    def add_recorder(self, recorder: _Recorder) -> None:
+        """Call `recorder(series, observation)` each tick, after the loop's own recording."""
+        with self._lock:
+            self._recorders.append(recorder)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -175,9 +233,12 @@ class Watcher:
         self.ticks += 1
         self._collect_sent()
         obs = self.observe(self._clock())
-        record_measures(self.series, obs)
-        if _DIAGNOSE:
-            record_diagnosis(self.series, obs)
+        with self._lock:  # readers of the series wait; this thread's own reads need no lock
+            record_measures(self.series, obs)
+            if _DIAGNOSE:
+                record_diagnosis(self.series, obs)
+            for recorder in self._recorders:
+                recorder(self.series, obs)
         alerts = self.engine.evaluate(obs.at, compute_measures(self.series, obs))
         # The incidents changed this tick, by id; each is saved once at the end.
         touched: dict[str, Incident] = {}
@@ -194,9 +255,26 @@ class Watcher:
             self.store.save(incident)
         self._announce(alerts, touched)
         self.store.save_alert_state({"engine": self.engine.snapshot_state()})
+        self._publish(obs, touched)
         duration = time.monotonic() - started
         self._emit(WatchEvent("tick", obs.at, f"tick {self.ticks}", {"duration_s": duration}))
         return TickReport(obs, tuple(alerts), duration)
+
+    def _publish(self, obs: Observation, touched: Mapping[str, Incident]) -> None:
+        """Replace the state snapshot: built from immutable values, swapped under the lock."""
+        closed = [i for i in touched.values() if i.status == "resolved"]
+        kept = [i for i in self._state.recent_incidents if i.id not in touched]
+        recent = sorted(closed, key=lambda i: (i.resolved_at or i.opened_at, i.id), reverse=True)
+        state = StateSnapshot(
+            ticks=self.ticks,
+            interval=self.interval,
+            observation=obs,
+            alerts=tuple(self.engine.active()),
+            open_incidents=self.book.open_incidents(),
+            recent_incidents=tuple([*recent, *kept][:_RECENT_INCIDENTS]),
+        )
+        with self._lock:
+            self._state = state
 
     def observe(self, at: float) -> Observation:
         """Run every probe concurrently, each bounded by `probe_timeout`; never raise."""
@@ -289,7 +367,8 @@ class Watcher:
                 self._emit(WatchEvent("root_cause", obs.at, redact_dsn(text), data))
 
     def _database_of(self, incident: Incident) -> str:
-        if "database" in incident.labels:
+        # A PgBouncer alert's `database` is PgBouncer's database name, not a key of ours.
+        if incident.labels.get("database", "") in self._databases:
             return incident.labels["database"]
         target = self._targets.get(incident.labels.get("target", ""))
         if target is not None and target.database:
@@ -385,4 +464,5 @@ def _thresholds(rules: Sequence[Rule]) -> Any:
             "PoolwardenIdleInTransactionTooLong", base.idle_in_transaction_s
         ),
         slow_query_s=limits.get("PoolwardenLongRunningQuery", base.slow_query_s),
+        pgbouncer_wait_s=limits.get("PoolwardenPgbouncerMaxWaitHigh", base.pgbouncer_wait_s),
     )
