@@ -15,9 +15,9 @@ OPTIONAL = {
     "poolwarden.guard.asgi",
     "poolwarden.web.app",
 }
-# The monitor's names (Alert, Rule, Incident...) live in `poolwarden.watch`, not at the top:
-# they would crowd the library API an app imports for its pool.
-NAMESPACES = ("poolwarden.watch", "poolwarden.web")
+# The monitor's and the planner's names (Alert, Rule, Incident, Topology...) live in their
+# subpackages, not at the top: they would crowd the library API an app imports for its pool.
+NAMESPACES = ("poolwarden.watch", "poolwarden.web", "poolwarden.plan")
 
 
 def _public_modules() -> list[str]:

@@ -29,13 +29,13 @@ from urllib.parse import unquote, urlsplit
 
 __all__ = [
     "CONNECTING",
+    "Exchange",
     "HANDSHAKE",
+    "HTTPFailure",
     "READING",
     "REDACTED",
-    "WAITING",
-    "Exchange",
-    "HTTPFailure",
     "Url",
+    "WAITING",
     "first_line",
     "parse_url",
     "redact_url",

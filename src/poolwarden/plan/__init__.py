@@ -1,12 +1,15 @@
 """Plan capacity: audit a deployment's connection settings against each other.
 
 `load_topology` reads the topology file (docs/plan.md); `read_live_settings` reads the
-server and PgBouncer; `audit` returns the `AuditFinding`s.
+server and PgBouncer; `audit` returns the `AuditFinding`s; `plan_capacity` measures the
+best pool size on the real database.
 """
 
 from __future__ import annotations
 
 from poolwarden.plan.audit import CHECKS, AuditFinding, Severity, audit, read_live_settings
+from poolwarden.plan.capacity import CapacityResult, Point, UslFit, fit_usl, plan_capacity
+from poolwarden.plan.report import write_reports
 from poolwarden.plan.topology import (
     GuardSpec,
     OtherClient,
@@ -20,14 +23,18 @@ from poolwarden.plan.topology import (
     Topology,
     load_topology,
 )
+from poolwarden.plan.workload import BUILTIN_WORKLOADS, Workload, load_workload
 
 __all__ = [
-    "CHECKS",
     "AuditFinding",
+    "BUILTIN_WORKLOADS",
+    "CHECKS",
+    "CapacityResult",
     "GuardSpec",
     "OtherClient",
     "PgBouncerSettings",
     "PgBouncerSpec",
+    "Point",
     "PoolLimits",
     "PoolSpec",
     "ServerSettings",
@@ -35,7 +42,13 @@ __all__ = [
     "ServiceSpec",
     "Severity",
     "Topology",
+    "UslFit",
+    "Workload",
     "audit",
+    "fit_usl",
     "load_topology",
+    "load_workload",
+    "plan_capacity",
     "read_live_settings",
+    "write_reports",
 ]

@@ -43,8 +43,8 @@ from poolwarden.plan._sources import (
 __all__ = [
     "GuardSpec",
     "OtherClient",
-    "PgBouncerSpec",
     "PgBouncerSettings",
+    "PgBouncerSpec",
     "PoolLimits",
     "PoolSpec",
     "ServerSettings",

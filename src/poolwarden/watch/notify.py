@@ -25,9 +25,9 @@ from poolwarden.errors import ConfigError
 from poolwarden.watch._fingerprint import alert_fingerprint
 
 __all__ = [
-    "INCIDENT_ANNOTATION",
     "AppriseNotifier",
     "ConsoleNotifier",
+    "INCIDENT_ANNOTATION",
     "Notification",
     "Notifier",
     "NotifyAlert",
