@@ -38,7 +38,7 @@ CLI = (
     "from poolwarden._cli_export import register; register(app); sys.exit(main(sys.argv[1:]))"
 )
 # What postgres_exporter and pgbouncer_exporter export (REFERENCE §5.1, §5.2), the
-# OpenTelemetry HTTP server histogram, and Prometheus' own ALERTS series.
+# OpenTelemetry HTTP server histogram, and Prometheus' own ALERTS and up series.
 EXPORTER_METRICS = {
     "pg_up",
     "pg_stat_activity_count",
@@ -51,6 +51,7 @@ EXPORTER_METRICS = {
     "http_server_request_duration_seconds_bucket",
     "http_server_request_duration_seconds_count",
     "ALERTS",
+    "up",
 }
 PROMQL_WORDS = {
     "sum", "max", "min", "or", "and", "unless", "rate", "increase", "deriv",

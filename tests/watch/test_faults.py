@@ -2,7 +2,7 @@
 
 Each test runs a `Watcher` (0.2 s interval) on a private server, lets it tick healthy,
 injects the fault for real (sessions, a guarded app that leaks, row locks, PgBouncer
-clients queued) and asserts, within three intervals, that the pack's rule fires and the
+clients queued, an app whose /metrics hangs) and asserts, within three intervals, that the pack's rule fires and the
 incident's root cause (the finding the loop attached) has the right class and culprit.
 `for:` and thresholds sized for production are shortened with `load_rules(overrides=...)`.
 """
@@ -12,10 +12,13 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import psycopg
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from tests.fixtures.apps import guarded_app, wait_until
 from tests.fixtures.pg import PgServer
 from tests.fixtures.pgbouncer import PgBouncerFactory
@@ -284,3 +287,80 @@ def test_pgbouncer_clients_waiting_fire_and_name_the_pgbouncer_pool(
 
 def _waiting(pools: list[dict[str, Any]]) -> int:
     return sum(int(p["cl_waiting"]) for p in pools if p["database"] == "postgres")
+
+
+@dataclass
+class HangingTarget:
+    """A loopback /metrics that answers until `hang` is set, then accepts and never answers."""
+
+    url: str
+    hang: threading.Event = field(default_factory=threading.Event)
+    release: threading.Event = field(default_factory=threading.Event)
+
+
+@contextlib.contextmanager
+def hanging_metrics(pool_max: int = 4) -> Iterator[HangingTarget]:
+    """Serve one pool's size in Prometheus text on 127.0.0.1; hang every request on `hang`."""
+    registry = CollectorRegistry()
+    Gauge("db_client_connection_max", "max", ["pool_name"], registry=registry).labels("orders").set(
+        pool_max
+    )
+    body = generate_latest(registry)
+    target = HangingTarget("")
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if target.hang.is_set():
+                # Like a blocked event loop: the request is read, nothing is ever sent.
+                target.release.wait(timeout=15)
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass  # keep the test output to what the test asserts
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.daemon_threads = True
+    target.url = f"http://127.0.0.1:{httpd.server_address[1]}/metrics"
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        yield target
+    finally:
+        target.release.set()  # the hung handlers return, so nothing outlives the test
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=5)
+
+
+def test_a_target_whose_metrics_hang_fires_target_down_naming_it_without_stalling(
+    tmp_path: Path,
+) -> None:
+    """orders-api's /metrics answers, then hangs: TargetDown names it within three ticks.
+
+    A hung scrape costs a tick at most probe_timeout (1 s), never more: the loop goes on.
+    """
+    rule = "PoolwardenTargetDown"
+    overrides = [{"name": rule, "for": f"{2 * INTERVAL * 1000:.0f}ms"}]  # two intervals
+    with (
+        hanging_metrics() as target,
+        watching(
+            tmp_path / "s.db", overrides, targets=[TargetInfo("orders-api", target.url)]
+        ) as watch,
+    ):
+        watch.ticks(2)
+        assert watch.fired() == []
+
+        target.hang.set()
+        watch.ticks(3)
+
+    fired = watch.fired(rule)
+    assert [e.data["labels"]["target"] for e in fired] == ["orders-api"]
+    assert fired[0].data["summary"].startswith("orders-api cannot be scraped")
+    durations = [e.data["duration_s"] for e in watch.events if e.kind == "tick"]
+    assert len(durations) == 5
+    assert max(durations) <= INTERVAL + 1.0 + 0.5  # interval + probe_timeout + slack

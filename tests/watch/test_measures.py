@@ -30,7 +30,9 @@ from poolwarden.errors import (
     DatabaseUnreachable,
     PoolSaturated,
     ProbeError,
+    TargetBadResponse,
     TargetTimeout,
+    TargetUnreachable,
     TooManyConnections,
 )
 from poolwarden.guard import guard
@@ -131,13 +133,38 @@ def test_the_table_computes_exactly_the_known_measures() -> None:
     assert set(MEASURES) == KNOWN_MEASURES
 
 
-def test_an_empty_tick_or_only_failed_scrapes_give_no_data() -> None:
-    """Nothing probed, or only failed scrapes and PgBouncers: no measure at all, not zeros."""
+def test_an_empty_tick_gives_no_data_and_failed_scrapes_only_target_up_0() -> None:
+    """Nothing probed: no measure. Only failed probes: target_up 0 and nothing else, not zeros."""
     store = SeriesStore()
     assert tick(store, 100.0) == {}
     failed = TargetTimeout("http://127.0.0.1:1/metrics: no answer in 2 s", timeout=2.0)
     down = DatabaseUnreachable("pgbouncer 127.0.0.1:6432: connection refused")
-    assert tick(store, 110.0, targets={"orders": failed}, pgbouncers={"pgb": down}) == {}
+    assert tick(store, 110.0, targets={"orders": failed}, pgbouncers={"pgb": down}) == {
+        "target_up": {LabelSet({"target": "orders"}): 0.0}
+    }
+
+
+def test_target_up_is_0_for_every_failed_scrape_and_target_down_fires_on_the_third() -> None:
+    """A scrape reads 1; a timeout, a refusal or a bad answer read 0, per target.
+
+    PoolwardenTargetDown (for 2 s) goes pending on the first failed tick at 1 s intervals
+    and fires on the third: one blip alone fires nothing.
+    """
+    url = "http://127.0.0.1:1/metrics"
+    failures: list[ProbeError] = [
+        TargetTimeout(f"{url}: no answer within 1 s", timeout=1.0),
+        TargetUnreachable(f"{url}: connection refused"),
+        TargetBadResponse(f"{url}: HTTP 500", status=500),
+    ]
+    engine = RuleEngine([r for r in load_rules() if r.name == "PoolwardenTargetDown"])
+    ok, hung = LabelSet({"target": "ok"}), LabelSet({"target": "hung"})
+    kinds: list[tuple[float, str, str]] = []
+    for at, failure in zip((100.0, 101.0, 102.0), failures, strict=True):
+        targets: dict[str, ScrapeResult | ProbeError] = {"ok": scraped(""), "hung": failure}
+        values = tick(SeriesStore(), at, targets=targets)
+        assert values == {"target_up": {ok: 1.0, hung: 0.0}}
+        kinds += [(at, e.kind, e.labels["target"]) for e in engine.evaluate(at, values)]
+    assert kinds == [(100.0, "pending", "hung"), (102.0, "firing", "hung")]
 
 
 # --- the server, from real snapshots --------------------------------------------------------
@@ -476,7 +503,8 @@ def test_api_error_ratio_and_p99_come_from_the_http_histogram_and_fire_their_rul
     110: both extrapolated by (10 + 5) / 10: error ratio 12 / 150 = 0.08; buckets
     20,40,80,100,100 -> 40,80,160,200,200, increases x 1.5 = 30,60,120,150,150, rank 0.99 *
     150 = 148.5 lies 28.5 of 30 into (1, 2.5]: p99 2.425. 120 (no new request): the same
-    over three samples. 175: the window holds only the unchanged 120 and 175: no data. The
+    over three samples. 175: the window holds only the unchanged 120 and 175: no data (but
+    target_up 1 each tick, as every scrape answered). The
     rules (for 10 s) go pending at 110, fire at 120, and resolve at 175, when their data has
     been missing longer than the engine's stale_after.
     """
@@ -502,13 +530,15 @@ def test_api_error_ratio_and_p99_come_from_the_http_histogram_and_fire_their_rul
         results[at] = tick(store, at, targets=targets)
         seen += [(at, e.kind, e.rule) for e in engine.evaluate(at, results[at])]
 
-    assert results[100.0] == {}
+    up: Measures = {"target_up": {api: 1.0}}  # every scrape answered
+    assert results[100.0] == up
     for at in (110.0, 120.0):
         assert results[at] == {
+            **up,
             "api_error_ratio": {api: pytest.approx(0.08)},
             "api_latency_p99_seconds": {api: pytest.approx(2.425)},
         }
-    assert results[175.0] == {}
+    assert results[175.0] == up
     assert seen == [
         (110.0, "pending", "PoolwardenApiErrorRateHigh"),
         (110.0, "pending", "PoolwardenApiLatencyHigh"),

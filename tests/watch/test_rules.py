@@ -618,6 +618,7 @@ DESIGN_RULES = [
     "PoolwardenApiLatencyHigh",
     "PoolwardenBudgetOversubscribed",
     "PoolwardenDatabaseUnreachable",
+    "PoolwardenTargetDown",  # issue 4 point 9: a scrape target that hangs
     "PoolwardenPgbouncerClientsWaiting",
     "PoolwardenPgbouncerMaxWaitHigh",
 ]
@@ -681,6 +682,7 @@ def test_pack_rules_render_with_real_looking_values() -> None:
 
 # PromQL names the exports may read (REFERENCE.md §5, guard/metrics.py, OTel HTTP).
 KNOWN_METRICS = {
+    "up",  # Prometheus' own, per scrape target
     "pg_up",
     "pg_stat_activity_count",
     "pg_stat_activity_max_tx_duration",
@@ -718,7 +720,7 @@ def test_pack_promql_is_balanced_and_reads_only_known_metrics() -> None:
                 assert stack.pop() == pairs[char], rule.name
         assert not stack, rule.name
         names = set(re.findall(r"[A-Za-z_:][A-Za-z0-9_:]*", re.sub(r"\{[^}]*\}", "", unquoted)))
-        metrics = {n for n in names if n.startswith(METRIC_PREFIXES)}
+        metrics = {n for n in names if n.startswith(METRIC_PREFIXES) or n == "up"}
         assert metrics, rule.name
         assert metrics <= KNOWN_METRICS, (rule.name, metrics - KNOWN_METRICS)
         assert expr.endswith(f"{rule.op} {rule.threshold:g}"), rule.name

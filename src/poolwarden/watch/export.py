@@ -55,7 +55,7 @@ _MEASURES_OF: Final = {
         "pool_leaks_per_minute",
     ),
     "pgbouncer": ("pgbouncer_clients_waiting", "pgbouncer_max_wait_seconds"),
-    "api": ("api_error_ratio", "api_latency_p99_seconds"),
+    "api": ("api_error_ratio", "api_latency_p99_seconds", "target_up"),
 }  # fmt: skip
 _AREA_OF: Final = {m: area for area, measures in _MEASURES_OF.items() for m in measures}
 

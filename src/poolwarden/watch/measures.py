@@ -358,6 +358,14 @@ def _budget_oversubscription_ratio(
 # --- the application's HTTP server (scrape) -----------------------------------------------
 
 
+def _target_up(store: SeriesStore, obs: Observation, window_s: float) -> _Values:
+    """1 when the target's /metrics answered with a scrape, 0 when it failed or hung."""
+    return {
+        LabelSet({"target": target}): float(isinstance(result, ScrapeResult))
+        for target, result in obs.targets.items()
+    }
+
+
 def _api_error_ratio(store: SeriesStore, obs: Observation, window_s: float) -> _Values:
     """5xx responses / all responses over the window; left out when no request came."""
     values: _Values = {}
@@ -406,6 +414,7 @@ MEASURES: Mapping[str, _Measure] = MappingProxyType(
         "query_max_seconds": _query_max_seconds,
         "database_up": _database_up,
         "budget_oversubscription_ratio": _budget_oversubscription_ratio,
+        "target_up": _target_up,
         "api_error_ratio": _api_error_ratio,
         "api_latency_p99_seconds": _api_latency_p99_seconds,
         "pgbouncer_clients_waiting": _pgbouncer_clients_waiting,

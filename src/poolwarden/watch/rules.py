@@ -74,6 +74,7 @@ KNOWN_MEASURES: frozenset[str] = frozenset(
         "server_connections_used_ratio",
         "server_free_connections",
         "server_seconds_to_exhaustion",
+        "target_up",
     }
 )
 
