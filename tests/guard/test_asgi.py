@@ -22,6 +22,7 @@ from fastapi.responses import StreamingResponse
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from psycopg_pool import AsyncConnectionPool
+from tests.fixtures.guard_metrics import DB_CLIENT_FAMILIES
 from tests.fixtures.pg import PgServer
 from tests.fixtures.uvicorn_server import UvicornServer, serve
 
@@ -35,17 +36,7 @@ from poolwarden.guard.asgi import (
 )
 
 Wiring = Literal["install", "middleware", "handler", "outside"]
-NINE = (
-    "db_client_connection_count",
-    "db_client_connection_max",
-    "db_client_connection_idle_max",
-    "db_client_connection_idle_min",
-    "db_client_connection_pending_requests",
-    "db_client_connection_timeouts_total",
-    "db_client_connection_wait_time_seconds_count",
-    "db_client_connection_use_time_seconds_count",
-    "db_client_connection_create_time_seconds_count",
-)
+NINE = DB_CLIENT_FAMILIES
 BODY_KEYS = {"error", "pool", "reason", "retry_after"}
 
 

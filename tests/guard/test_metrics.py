@@ -13,6 +13,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.samples import Sample
 from psycopg_pool import ConnectionPool
+from tests.fixtures.guard_metrics import DB_CLIENT_FAMILIES
 from tests.fixtures.metrics_server import MetricsServer, scrape, serve_metrics
 from tests.fixtures.pg import PgServer
 
@@ -22,15 +23,7 @@ from poolwarden.guard.metrics import Histogram
 
 NAME = "pgt-metrics"
 FAMILIES = {
-    "db_client_connection_count",
-    "db_client_connection_max",
-    "db_client_connection_idle_max",
-    "db_client_connection_idle_min",
-    "db_client_connection_pending_requests",
-    "db_client_connection_timeouts_total",
-    "db_client_connection_wait_time_seconds_count",
-    "db_client_connection_use_time_seconds_count",
-    "db_client_connection_create_time_seconds_count",
+    *DB_CLIENT_FAMILIES,
     "poolwarden_pool_rejections_total",
     "poolwarden_pool_limit",
     "poolwarden_pool_leaks_total",

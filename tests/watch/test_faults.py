@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from tests.fixtures.apps import guarded_app, wait_until
 from tests.fixtures.pg import PgServer
 from tests.fixtures.pgbouncer import PgBouncerFactory
+from tests.fixtures.watchers import sessions
 
 from poolwarden.watch.incidents import Incident
 from poolwarden.watch.loop import Watcher, WatchEvent
@@ -74,21 +75,6 @@ def watching(store_path: Path, overrides: list[dict[str, Any]], **kwargs: Any) -
         yield watch
     finally:
         watch.watcher.close()
-
-
-@contextlib.contextmanager
-def sessions(dsn: str, count: int, app: str, *, in_transaction: bool = False) -> Iterator[None]:
-    """Hold `count` sessions named `app`: idle, or idle inside an open transaction."""
-    conns: list[psycopg.Connection[Any]] = []
-    try:
-        for _ in range(count):
-            conn = psycopg.connect(dsn, application_name=app, autocommit=not in_transaction)
-            conn.execute("SELECT 1")
-            conns.append(conn)
-        yield
-    finally:
-        for conn in conns:
-            conn.close()
 
 
 def app_role(server: PgServer) -> str:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from dataclasses import replace
+from datetime import UTC
 
 import pytest
+from tests.fixtures.alerts import T0, Event, alert_event, at, counter_ids
 
 from poolwarden.errors import ConfigError
 from poolwarden.watch.incidents import (
@@ -18,28 +17,7 @@ from poolwarden.watch.incidents import (
     timeline_event_id,
 )
 
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    """An alert event as the rule engine gives it (`AlertLike`)."""
-
-    kind: str
-    rule: str
-    fingerprint: str
-    labels: Mapping[str, str]
-    severity: str
-    summary: str
-    description: str
-    value: float
-    at: datetime | float
-
-
-T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 FP_A, FP_B, FP_C = "a" * 16, "b" * 16, "c" * 16
-
-
-def at(seconds: float) -> datetime:
-    return T0 + timedelta(seconds=seconds)
 
 
 def alert(
@@ -53,22 +31,18 @@ def alert(
     summary: str = "",
     **labels: str,
 ) -> Event:
-    return Event(
-        kind=kind,
+    return alert_event(
+        kind,
+        fingerprint,
+        seconds,
         rule=rule,
-        fingerprint=fingerprint,
-        labels={"alertname": rule, "severity": severity, "database": database, **labels},
         severity=severity,
+        database=database,
         summary=summary or f"{rule} on {database}",
         description=f"{rule} description",
         value=float(seconds),
-        at=at(seconds),
+        **labels,
     )
-
-
-def counter_ids() -> Callable[[datetime], str]:
-    numbers = itertools.count(1)
-    return lambda _at: f"INC{next(numbers):03d}"
 
 
 def book(**kwargs: object) -> IncidentBook:

@@ -17,12 +17,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 import yaml
 from prometheus_client import CollectorRegistry, Gauge
 from tests.fixtures.metrics_server import serve_metrics
 from tests.fixtures.pg import PgServer, free_port
+from tests.fixtures.watchers import sessions
 
 from poolwarden.errors import TargetTimeout
 from poolwarden.probe.scrape import ScrapeResult
@@ -51,21 +51,6 @@ def events(stdout: str) -> list[dict[str, Any]]:
 def write_config(path: Path, data: dict[str, Any]) -> Path:
     path.write_text(yaml.safe_dump(data), encoding="utf-8")
     return path
-
-
-@contextlib.contextmanager
-def sessions(dsn: str, count: int, app: str, *, in_transaction: bool = False) -> Iterator[None]:
-    """Hold `count` sessions named `app`: idle, or idle inside an open transaction."""
-    conns = []
-    try:
-        for _ in range(count):
-            conn = psycopg.connect(dsn, application_name=app, autocommit=not in_transaction)
-            conn.execute("SELECT 1")
-            conns.append(conn)
-        yield
-    finally:
-        for conn in conns:
-            conn.close()
 
 
 def watcher(store_path: Path, collected: list[WatchEvent], **kwargs: Any) -> Watcher:

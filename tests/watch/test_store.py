@@ -7,7 +7,6 @@ checks that exactly what it committed is there.
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import os
@@ -18,12 +17,11 @@ import textwrap
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tests.fixtures.alerts import T0, Event, alert_event, at, counter_ids
 from tests.fixtures.pg import PgServer, free_port
 
 from poolwarden.errors import ConfigError
@@ -35,23 +33,6 @@ from poolwarden.watch.incidents import (
 )
 from poolwarden.watch.store import STORE_SCHEMA_VERSION, Store
 
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    """An alert event as the rule engine gives it (`AlertLike`)."""
-
-    kind: str
-    rule: str
-    fingerprint: str
-    labels: Mapping[str, str]
-    severity: str
-    summary: str
-    description: str
-    value: float
-    at: datetime | float
-
-
-T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 FP_A, FP_B = "a" * 16, "b" * 16
 SECRET = "hunter2-do-not-store"
 
@@ -78,32 +59,23 @@ def store(url: str) -> Iterator[Store]:
         yield opened
 
 
-def at(seconds: float) -> datetime:
-    return T0 + timedelta(seconds=seconds)
-
-
 def alert(kind: str, fp: str, seconds: float, *, database: str = "orders", **labels: str) -> Event:
-    return Event(
-        kind=kind,
+    return alert_event(
+        kind,
+        fp,
+        seconds,
         rule="PoolSaturated",
-        fingerprint=fp,
-        labels={
-            "alertname": "PoolSaturated",
-            "severity": "critical",
-            "database": database,
-            **labels,
-        },
         severity="critical",
+        database=database,
         summary=f"pool for {database} saturated",
         description="20/20 connections in use",
         value=seconds + 0.1,
-        at=at(seconds),
+        **labels,
     )
 
 
 def new_book() -> IncidentBook:
-    numbers = itertools.count(1)
-    return IncidentBook(new_id=lambda _at: f"INC{next(numbers):03d}")
+    return IncidentBook(new_id=counter_ids())
 
 
 def story(book: IncidentBook) -> list[IncidentUpdate]:
