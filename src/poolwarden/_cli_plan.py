@@ -15,8 +15,11 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from poolwarden._dsn import resolve_dsn
 from poolwarden.embedded import EmbeddedServer
+from poolwarden.plan._live import read_server_settings
 from poolwarden.plan.capacity import CapacityResult, Point, niced, plan_capacity
 from poolwarden.plan.report import to_json, write_reports
+from poolwarden.plan.split import BudgetSplit, split_budget
+from poolwarden.plan.topology import Topology, load_topology
 from poolwarden.plan.workload import load_workload, validate
 
 __all__ = ["register"]
@@ -53,9 +56,19 @@ def plan_cmd(
         Path, typer.Option("--out", help="Directory for plan.json, plan.md and plan.png.")
     ] = Path("poolwarden-plan"),
     json_: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
+    topology_path: Annotated[
+        Path | None,
+        typer.Option("--topology", help="Topology file whose services share the budget."),
+    ] = None,
 ) -> int:
     """Measure throughput and latency by pool size and recommend the size to use."""
     spec = load_workload(workload)
+    # Read the topology (and its server) before measuring: a bad file fails in a second.
+    topology = usable = None
+    if topology_path is not None:
+        topology = load_topology(topology_path)
+        usable = read_server_settings(topology).usable_connections
+        split_budget(topology, server_active=1, usable=usable)  # a fleet that cannot fit
     resolved = resolve_dsn(dsn)
     pid = None
     if resolved.dsn is None:
@@ -79,12 +92,23 @@ def plan_cmd(
             target, spec, max_size=max_size, slo_ms=slo_ms, seconds=seconds, scale=scale,
             on_point=on_point,
         )  # fmt: skip
-    paths = write_reports(result, out)
+    split = _split(topology, result, usable)
+    paths = write_reports(result, out, split)
     if json_:
-        print(to_json(result))
+        print(to_json(result, split))
     else:
         _print_text(result, paths, Console(highlight=False, soft_wrap=True))
+        if split is not None:
+            print(split.explain())
     return 0
+
+
+def _split(
+    topology: Topology | None, result: CapacityResult, usable: int | None
+) -> BudgetSplit | None:
+    if topology is None or usable is None:
+        return None
+    return split_budget(topology, server_active=result.pick.size, usable=usable)
 
 
 def _describe(point: Point) -> str:

@@ -13,15 +13,22 @@ from typing import Any
 
 from poolwarden.errors import ConfigError
 from poolwarden.plan.capacity import CapacityResult
+from poolwarden.plan.split import BudgetSplit
 
 __all__ = [
     "write_reports",
 ]
 
 
-def to_json(result: CapacityResult) -> str:
-    """Return `result` as a JSON document (every field, points sorted by size)."""
-    return json.dumps(_finite(dataclasses.asdict(result)), indent=2, allow_nan=False)
+def to_json(result: CapacityResult, split: BudgetSplit | None = None) -> str:
+    """Return `result` as a JSON document (every field, points sorted by size).
+
+    With `split`, the document also holds it under ``"split"``.
+    """
+    doc = dataclasses.asdict(result)
+    if split is not None:
+        doc["split"] = dataclasses.asdict(split)
+    return json.dumps(_finite(doc), indent=2, allow_nan=False)
 
 
 def _finite(value: Any) -> Any:
@@ -35,8 +42,8 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def render_markdown(result: CapacityResult) -> str:
-    """Return `result` as a Markdown report: the pick, the fit and the points table."""
+def render_markdown(result: CapacityResult, split: BudgetSplit | None = None) -> str:
+    """Return `result` as a Markdown report: the pick, the fit, the points and the split."""
     fit = result.fit
     fit_line = (
         f"USL fit over {fit.points} sizes: sigma = {fit.sigma:.4f}, kappa = {fit.kappa:.5f}, "
@@ -57,6 +64,9 @@ def render_markdown(result: CapacityResult) -> str:
             f"| {p.size}{mark} | {p.tps:.0f} | {p.p50_ms:.2f} | {p.p99_ms:.2f} | {p.transactions} |"
         )
     lines += ["", f"{len(result.points)} sizes measured in {result.measuring_seconds:.0f} s.", ""]
+    if split is not None:
+        lines += ["## Budget split", "", *(f"- {line}" for line in split.explain().splitlines())]
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -95,14 +105,16 @@ def write_chart(result: CapacityResult, path: Path) -> Path:
     return path
 
 
-def write_reports(result: CapacityResult, out: Path) -> dict[str, Path]:
+def write_reports(
+    result: CapacityResult, out: Path, split: BudgetSplit | None = None
+) -> dict[str, Path]:
     """Write plan.json, plan.md and plan.png into `out`; return their paths by format."""
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"--out {out}: cannot create the directory ({exc.strerror})") from None
     paths = {"json": out / "plan.json", "md": out / "plan.md", "png": out / "plan.png"}
-    paths["json"].write_text(to_json(result) + "\n")
-    paths["md"].write_text(render_markdown(result))
+    paths["json"].write_text(to_json(result, split) + "\n")
+    paths["md"].write_text(render_markdown(result, split))
     write_chart(result, paths["png"])
     return paths
