@@ -21,6 +21,7 @@ from rich.console import Console
 from poolwarden._cli_audit import register as _register_audit
 from poolwarden._cli_export import register as _register_export
 from poolwarden._cli_plan import register as _register_plan
+from poolwarden._cli_review import register as _register_review
 from poolwarden._cli_watch import register as _register_watch
 from poolwarden._dsn import normalize_dsn, redact_dsn, resolve_dsn
 from poolwarden.config import load_config
@@ -49,6 +50,7 @@ _register_export(app)
 _register_watch(app)
 _register_audit(app)
 _register_plan(app)
+_register_review(app)
 
 DirOption = Annotated[
     Path | None,

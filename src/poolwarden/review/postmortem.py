@@ -1,0 +1,403 @@
+"""Write an incident's postmortem from what watch recorded. Pure: no clock, no I/O.
+
+`render_postmortem` returns Markdown in the seed postmortem's four sections (Issue
+Summary, Timeline, Root Cause and Resolution, Corrective and Preventative Measures) under
+a header; `postmortem_json` returns the same content as JSON values. Timeline entries are
+UTC; action items are typed ``mitigate``, ``prevent`` or ``process`` as in the Google SRE
+template. Every string passes through `redact_dsn`. Reference: docs/postmortem.md.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Literal
+
+from poolwarden._dsn import redact_dsn
+from poolwarden.watch.incidents import AlertState, Incident, RootCause
+
+__all__ = [
+    "ACTION_TYPES",
+    "ActionItem",
+    "SECTIONS",
+    "action_items",
+    "postmortem_json",
+    "render_postmortem",
+]
+
+ActionType = Literal["mitigate", "prevent", "process"]
+ACTION_TYPES: tuple[ActionType, ...] = ("mitigate", "prevent", "process")
+SECTIONS = (
+    "Issue Summary",
+    "Timeline",
+    "Root Cause and Resolution",
+    "Corrective and Preventative Measures",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ActionItem:
+    """One corrective or preventative task: its type and what to do."""
+
+    type: ActionType
+    text: str
+
+
+# The cause classes of docs/diagnose.md, in plain words for a reader who was not there.
+_EXPLAIN: Mapping[str, str] = {
+    "pool_oversized": "the server's connection slots were full and one application's pool "
+    "held most of them: its pools were allowed more connections than the database can serve",
+    "pool_undersized": "requests waited for a pool connection while the database had room: "
+    "the pool was too small for the traffic",
+    "connection_leak": "connections were taken from the pool and never given back, so the "
+    "pool ran dry",
+    "idle_in_transaction": "sessions opened a transaction and then sat idle in it, holding "
+    "their connection slots and locks",
+    "slow_queries": "statements ran for a long time and held their connections while they ran",
+    "lock_contention": "sessions queued behind a lock held by one transaction",
+    "noisy_neighbor": "another application held most of the server's slots and starved this "
+    "service of connections",
+    "database_down": "the database could not be reached",
+    "server_saturated": "the load itself was more than the server handles at once, with no "
+    "single application to blame",
+}
+
+_WATCH: tuple[ActionType, str] = (
+    "process",
+    "keep `poolwarden watch` running and alerting on this database",
+)
+_REVIEW: tuple[ActionType, str] = (
+    "process",
+    "hold a post-incident review of this postmortem with the owning team",
+)
+
+# Per cause class: (type, template); {culprit} names the culprit. The remedy comes first.
+_MEASURES: Mapping[str, Sequence[tuple[ActionType, str]]] = {
+    "pool_oversized": (
+        (
+            "prevent",
+            "guard {culprit}'s pool with a budget so that a fleet that does not fit "
+            'the server refuses to start: `guard(pool, name="{culprit}", '
+            'budget=Budget(DSN, service="{culprit}", replicas=N))`',
+        ),
+        (
+            "prevent",
+            "add `poolwarden audit TOPOLOGY` to CI so pool sizes are checked against "
+            "the server's max_connections before each deploy",
+        ),
+    ),
+    "pool_undersized": (
+        (
+            "prevent",
+            "measure {culprit}'s pool size on the real database with `poolwarden "
+            "plan` and record it in the topology file",
+        ),
+        (
+            "prevent",
+            "guard {culprit}'s pool with `max_waiting` and a deadline so waits fail "
+            'fast instead of piling up: `guard(pool, name="{culprit}", max_waiting=...)`',
+        ),
+    ),
+    "connection_leak": (
+        (
+            "prevent",
+            "guard {culprit}'s pool so that a connection held too long is reported "
+            "with the stack that took it (logger `poolwarden.guard`)",
+        ),
+        (
+            "prevent",
+            "take connections only in `with pool.connection():` blocks in "
+            "{culprit}'s code, so every path gives them back",
+        ),
+    ),
+    "idle_in_transaction": (
+        ("prevent", "set `idle_in_transaction_session_timeout` on {culprit}'s role as a backstop"),
+        ("prevent", "move slow work (HTTP calls, file I/O) out of {culprit}'s transactions"),
+    ),
+    "slow_queries": (
+        ("prevent", "set `statement_timeout` on {culprit}'s role"),
+        (
+            "prevent",
+            "review the slow statement's plan with `EXPLAIN (ANALYZE)` and fix it "
+            "(an index, a rewrite)",
+        ),
+    ),
+    "lock_contention": (
+        ("prevent", "set `lock_timeout` in the applications that wait on locks"),
+        (
+            "prevent",
+            "keep the transactions of {culprit} short; run migrations with a `lock_timeout`",
+        ),
+    ),
+    "noisy_neighbor": (
+        (
+            "prevent",
+            "give each service its share of the server: `poolwarden plan` splits "
+            "the budget; enforce it with `ALTER ROLE ... CONNECTION LIMIT n` or a guard budget",
+        ),
+        (
+            "prevent",
+            "add `poolwarden audit TOPOLOGY` to CI so the services' pools together fit the server",
+        ),
+    ),
+    "database_down": (
+        (
+            "prevent",
+            "guard the pools with a deadline so requests fail fast while the "
+            "database is away, and check that pools reconnect when it is back",
+        ),
+        ("process", "check the database's failover and restart runbook against this timeline"),
+    ),
+    "server_saturated": (
+        (
+            "prevent",
+            "size the pools to what the server does at once (`poolwarden plan`), or "
+            "put PgBouncer in transaction mode in front",
+        ),
+        (
+            "prevent",
+            "guard the pools so admission control queues or sheds excess load "
+            "instead of opening connections",
+        ),
+    ),
+}
+_UNDIAGNOSED: Sequence[tuple[ActionType, str]] = (
+    (
+        "mitigate",
+        "find the root cause: run `poolwarden status` as a superuser during the next "
+        "occurrence and keep the incident's alerts",
+    ),
+)
+
+
+def action_items(root_cause: RootCause | None) -> tuple[ActionItem, ...]:
+    """Return the action items for a root cause (or for none): remedy, prevention, process."""
+    if root_cause is None:
+        planned: list[tuple[ActionType, str]] = [*_UNDIAGNOSED]
+    else:
+        culprit = root_cause.culprit or "the culprit"
+        planned = [("mitigate", root_cause.remedy)] if root_cause.remedy else []
+        planned += [(t, s.format(culprit=culprit)) for t, s in _MEASURES.get(root_cause.cause, ())]
+    planned += [_WATCH, _REVIEW]
+    return tuple(ActionItem(kind, redact_dsn(text)) for kind, text in planned)
+
+
+def render_postmortem(incident: Incident, *, now: datetime | None = None) -> str:
+    """Return the incident's postmortem as Markdown; `now` dates an ongoing one."""
+    parts = [
+        _header(incident, now),
+        _summary(incident, now),
+        _timeline(incident, now),
+        _root_cause(incident),
+        _measures(incident),
+    ]
+    # Belt and braces: each field was redacted on the way in, the whole text is again.
+    return redact_dsn("\n\n".join(parts) + "\n")
+
+
+def postmortem_json(incident: Incident, *, now: datetime | None = None) -> dict[str, object]:
+    """Return the postmortem's content as JSON values (times ISO 8601 in UTC)."""
+    cause = incident.root_cause
+    end = incident.resolved_at or now
+    document: dict[str, object] = {
+        "incident_id": incident.id,
+        "title": incident.title,
+        "key": incident.key,
+        "labels": dict(incident.labels),
+        "status": incident.status,
+        "severity": incident.severity,
+        "opened_at": _iso(incident.opened_at),
+        "resolved_at": _iso(incident.resolved_at),
+        "ongoing": incident.resolved_at is None,
+        "duration_s": None if end is None else (_utc(end) - incident.opened_at).total_seconds(),
+        "alerts": [_alert_json(a) for a in incident.alerts.values()],
+        "root_cause": None if cause is None else _cause_json(cause),
+        "timeline": [{"at": _iso(e.at), "kind": e.kind, "text": e.text} for e in incident.timeline],
+        "action_items": [{"type": a.type, "text": a.text} for a in action_items(cause)],
+    }
+    redacted = _redacted(document)
+    assert isinstance(redacted, dict)
+    return redacted
+
+
+def _alert_json(alert: AlertState) -> dict[str, object]:
+    return {
+        "rule": alert.rule,
+        "severity": alert.severity,
+        "summary": alert.summary,
+        "value": alert.value,
+        "fired_at": _iso(alert.fired_at),
+        "resolved_at": _iso(alert.resolved_at),
+    }
+
+
+def _cause_json(cause: RootCause) -> dict[str, object]:
+    return {
+        "cause": cause.cause,
+        "explanation": _EXPLAIN.get(cause.cause, cause.cause),
+        "confidence": cause.confidence,
+        "culprit": cause.culprit,
+        "evidence": dict(cause.evidence),
+        "remedy": cause.remedy,
+    }
+
+
+# -- the sections --------------------------------------------------------------------------
+
+
+def _header(incident: Incident, now: datetime | None) -> str:
+    status = "resolved" if incident.status == "resolved" else "open (ongoing)"
+    rows = [
+        ("Incident", f"`{incident.id}`"),
+        ("Status", status),
+        ("Severity", incident.severity),
+        ("Scope", _scope(incident)),
+        ("Opened", _stamp(incident.opened_at)),
+        ("Resolved", _stamp(incident.resolved_at) if incident.resolved_at else "ongoing"),
+    ]
+    if now is not None:
+        rows.append(("Written", _stamp(now)))
+    table = "\n".join(f"| {name} | {_cell(value)} |" for name, value in rows)
+    return f"# Postmortem: {_r(incident.title or incident.key)}\n\n| | |\n|---|---|\n{table}"
+
+
+def _summary(incident: Incident, now: datetime | None) -> str:
+    alerts = list(incident.alerts.values())
+    fired = ", ".join(f"`{_r(a.rule)}` ({a.severity}): {_r(a.summary)}" for a in alerts)
+    cause = incident.root_cause
+    root = (
+        f"`{cause.cause}` - {_r(cause.culprit)} ({cause.confidence:.0%} confident): "
+        f"{_EXPLAIN.get(cause.cause, cause.cause)}"
+        if cause is not None
+        else "not diagnosed: no finding was recorded for this incident"
+    )
+    lines = [
+        "## Issue Summary",
+        "",
+        f"- **Duration:** {_duration_text(incident, now)}",
+        f"- **Impact:** {len(alerts)} alert(s) fired on {_scope(incident)}: {fired or 'none'}",
+        f"- **Root Cause:** {root}",
+    ]
+    return "\n".join(lines)
+
+
+def _timeline(incident: Incident, now: datetime | None) -> str:
+    ongoing_at = [now] if now is not None and incident.resolved_at is None else []
+    stamps = [incident.opened_at, *(e.at for e in incident.timeline), *ongoing_at]
+    multi_day = len({_utc(t).date() for t in stamps}) > 1
+    day = _utc(incident.opened_at).strftime("%Y-%m-%d")
+    lines = ["## Timeline", "", f"All times UTC{'' if multi_day else f', on {day}'}.", ""]
+    lines += [f"- {_clock(e.at, multi_day)} - {_r(e.text)}" for e in incident.timeline]
+    if incident.resolved_at is None:
+        at = f" at {_clock(now, multi_day)}" if now is not None else ""
+        lines.append(f"- ongoing{at}: the incident is not resolved yet")
+    return "\n".join(lines)
+
+
+def _root_cause(incident: Incident) -> str:
+    cause = incident.root_cause
+    lines = ["## Root Cause and Resolution", ""]
+    if cause is None:
+        lines.append(
+            "No diagnosis was recorded: watch saw the alerts but no finding named a cause. "
+            "See the action items for how to find it next time."
+        )
+    else:
+        explanation = _EXPLAIN.get(cause.cause, "a cause class this version does not describe")
+        lines += [
+            f"**Cause:** `{cause.cause}` - {explanation}.",
+            "",
+            f"**Culprit:** {_r(cause.culprit)} (confidence {cause.confidence:.0%})",
+            "",
+            "| evidence | value |",
+            "|---|---|",
+            *(f"| `{_cell(k)}` | {_number(v)} |" for k, v in cause.evidence.items()),
+            "",
+            f"**Remedy:** {_r(cause.remedy)}",
+        ]
+    lines += ["", _resolution(incident)]
+    return "\n".join(lines)
+
+
+def _measures(incident: Incident) -> str:
+    items = action_items(incident.root_cause)
+    rows = [f"| {n} | {_cell(a.text)} | {a.type} |" for n, a in enumerate(items, 1)]
+    heading = "## Corrective and Preventative Measures"
+    return "\n".join([heading, "", "| # | action item | type |", "|---|---|---|", *rows])
+
+
+# -- plumbing ------------------------------------------------------------------------------
+
+
+def _resolution(incident: Incident) -> str:
+    if incident.resolved_at is None:
+        return "**Resolution:** none yet; the incident is ongoing."
+    took = _duration((incident.resolved_at - incident.opened_at).total_seconds())
+    return f"**Resolution:** all alerts resolved at {_stamp(incident.resolved_at)}, {took} after the first fired."
+
+
+def _duration_text(incident: Incident, now: datetime | None) -> str:
+    opened = _stamp(incident.opened_at)
+    if incident.resolved_at is not None:
+        took = _duration((incident.resolved_at - incident.opened_at).total_seconds())
+        return f"{took} ({opened} to {_stamp(incident.resolved_at)})"
+    if now is None:
+        return f"ongoing (opened {opened})"
+    return f"ongoing ({_duration((_utc(now) - incident.opened_at).total_seconds())} so far, opened {opened})"
+
+
+def _scope(incident: Incident) -> str:
+    pairs = [f"{k}={_r(v)}" for k, v in incident.labels.items()]
+    return ", ".join(pairs) or _r(incident.key) or "(no labels)"
+
+
+def _stamp(at: datetime | None) -> str:
+    return "" if at is None else _utc(at).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _clock(at: datetime, with_date: bool) -> str:
+    return _utc(at).strftime("%Y-%m-%d %H:%M:%S" if with_date else "%H:%M:%S")
+
+
+def _iso(at: datetime | None) -> str | None:
+    return None if at is None else _utc(at).isoformat()
+
+
+def _utc(at: datetime) -> datetime:
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(max(0, round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def _number(value: float) -> str:
+    if math.isnan(value) or math.isinf(value):
+        return str(value)
+    return str(int(value)) if float(value).is_integer() else f"{value:.3f}".rstrip("0")
+
+
+def _r(text: str) -> str:
+    """Redact `text` and fold it onto one line."""
+    return " ".join(redact_dsn(str(text)).split())
+
+
+def _cell(text: str) -> str:
+    """Return `text` fit for a Markdown table cell."""
+    return _r(text).replace("|", "\\|")
+
+
+def _redacted(value: object) -> object:
+    if isinstance(value, str):
+        return redact_dsn(value)
+    if isinstance(value, Mapping):
+        return {redact_dsn(str(k)): _redacted(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redacted(v) for v in value]
+    return value
