@@ -30,6 +30,7 @@ from prometheus_client import CollectorRegistry
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from bench._server import machine, server
+from poolwarden.drill import open_loop
 from poolwarden.guard import guard
 
 ROWS = 10_000
@@ -61,11 +62,12 @@ class Outcome:
     client_cpu: float  # cores the load generator itself used: taken from the server
 
 
-def _pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+def _ms(seconds: float | None) -> float:
+    return float("nan") if seconds is None else seconds * 1000
+
+
+def _rejected(exc: BaseException) -> str:
+    return "rejected" if isinstance(exc, PoolTimeout) else "failed"
 
 
 async def _prepare(dsn: str, work_ms: float) -> None:
@@ -115,46 +117,6 @@ async def capacity(dsn: str, seconds: float) -> tuple[float, int, dict[int, floa
     return peak, knee, sweep
 
 
-async def _open_loop(pool: Any, rate: float, duration: float, drain: float) -> dict[str, Any]:
-    served: list[float] = []
-    rejected: list[float] = []
-    tasks: set[asyncio.Task[None]] = set()
-
-    async def request(scheduled: float) -> None:
-        try:
-            async with pool.connection() as conn:
-                await conn.execute(SQL, (_WORK["n"], random.randint(1, ROWS)))
-        except PoolTimeout:
-            rejected.append(time.monotonic() - scheduled)
-            return
-        served.append(time.monotonic() - scheduled)
-
-    start = time.monotonic()
-    total = int(rate * duration)
-    i = 0
-    while i < total:
-        # Launch every arrival that is due, then sleep until the next one (at least
-        # 1 ms): one timer per millisecond instead of one per request keeps the client
-        # cheap at 10x, and latency still counts from each request's scheduled time.
-        now = time.monotonic()
-        while i < total and start + i / rate <= now:
-            task = asyncio.create_task(request(start + i / rate))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-            i += 1
-        if i < total:
-            await asyncio.sleep(max(start + i / rate - time.monotonic(), 0.001))
-    ended = time.monotonic()
-    if tasks:
-        _, pending = await asyncio.wait(set(tasks), timeout=drain)
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
-    window = max(time.monotonic() - start, duration)
-    return {"served": served, "rejected": rejected, "total": total, "window": window,
-            "arrival_s": ended - start}  # fmt: skip
-
-
 async def run_arm(dsn: str, arm: str, best: int, rate: float, load: float, args: Any) -> Outcome:
     """Run one arm (plain or guarded) at one load."""
     if arm == "plain pool (max 100)":
@@ -167,19 +129,26 @@ async def run_arm(dsn: str, arm: str, best: int, rate: float, load: float, args:
         )  # fmt: skip
     await pool.open(wait=True)
     cpu_before = time.process_time()
+
+    async def request() -> None:
+        async with pool.connection() as conn:
+            await conn.execute(SQL, (_WORK["n"], random.randint(1, ROWS)))
+
     try:
-        result = await _open_loop(pool, rate, args.duration, args.drain)
+        result = await open_loop(
+            request, rate=rate, duration=args.duration, drain=args.drain, classify=_rejected
+        )
     finally:
         cpu = time.process_time() - cpu_before
         await pool.close()
-    served, rejected = result["served"], result["rejected"]
     return Outcome(
-        arm=arm, load=load, offered_rps=rate, served_rps=len(served) / result["window"],
-        served=len(served), rejected=len(rejected),
-        unserved=result["total"] - len(served) - len(rejected),
-        p50_ms=_pct(served, 0.50), p99_ms=_pct(served, 0.99),
-        reject_p50_ms=_pct(rejected, 0.50), reject_p99_ms=_pct(rejected, 0.99),
-        client_cpu=cpu / result["window"],
+        arm=arm, load=load, offered_rps=rate, served_rps=result.served_rps,
+        served=result.served, rejected=result.rejected,
+        # Failures other than a pool timeout count as unserved, as they always have here.
+        unserved=result.offered - result.served - result.rejected,
+        p50_ms=_ms(result.served_p50_s), p99_ms=_ms(result.served_p99_s),
+        reject_p50_ms=_ms(result.rejected_p50_s), reject_p99_ms=_ms(result.rejected_p99_s),
+        client_cpu=cpu / result.window_s,
     )  # fmt: skip
 
 

@@ -17,7 +17,13 @@ OPTIONAL = {
 }
 # The monitor's and the planner's names (Alert, Rule, Incident, Topology...) live in their
 # subpackages, not at the top: they would crowd the library API an app imports for its pool.
-NAMESPACES = ("poolwarden.watch", "poolwarden.web", "poolwarden.plan", "poolwarden.review")
+NAMESPACES = (
+    "poolwarden.watch",
+    "poolwarden.web",
+    "poolwarden.plan",
+    "poolwarden.review",
+    "poolwarden.drill",
+)
 
 
 def _public_modules() -> list[str]:
