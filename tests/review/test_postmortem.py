@@ -166,10 +166,11 @@ def test_action_items_for_pool_oversized_are_typed_and_start_with_the_remedy() -
         "noisy_neighbor",
         "database_down",
         "server_saturated",
+        "target_down",
     ],
 )
 def test_every_cause_gets_prevention_and_a_post_incident_review(cause: str) -> None:
-    """Each of the nine causes is explained and yields remedy, prevention and the review."""
+    """Each of the ten causes is explained and yields remedy, prevention and the review."""
     incident = outage(finding=Finding(cause=cause, remedy="do the thing"))
     items = action_items(incident.root_cause)
     assert items[0].type == "mitigate"

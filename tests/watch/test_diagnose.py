@@ -12,7 +12,13 @@ import psycopg
 import pytest
 from tests.fixtures.pg import PgServer
 
-from poolwarden.errors import ConfigError, DatabaseUnreachable, TooManyConnections
+from poolwarden.errors import (
+    ConfigError,
+    DatabaseUnreachable,
+    TargetBadResponse,
+    TargetTimeout,
+    TooManyConnections,
+)
 from poolwarden.probe.pgbouncer import (
     PgBouncerConfig,
     PgBouncerDatabase,
@@ -483,6 +489,44 @@ def test_an_unreachable_database_is_database_down_with_the_error_redacted() -> N
     assert (f.culprit, f.database, f.evidence) == ("main", "main", {"database_up": 0.0})
     assert "connection refused" in f.summary
     assert "hunter2" not in f.summary
+
+
+# --- target_down --------------------------------------------------------------------------
+
+
+def test_a_hung_target_is_target_down_naming_it_and_its_database() -> None:
+    """A scrape that timed out names the target, its database and the redacted error."""
+    error = TargetTimeout(
+        "http://u:hunter2@orders-api/metrics: no answer in 1.0s", target="orders-api", timeout=1.0
+    )
+    obs = Observation(
+        at=1000.0,
+        databases={"main": DatabaseUnreachable("down")},
+        targets={"orders-api": error},
+        pgbouncers={},
+        target_info={"orders-api": TargetInfo("orders-api", "http://orders-api/metrics", "main")},
+    )
+    f = the("target_down", diagnose(obs))
+    assert (f.culprit, f.database, f.confidence) == ("orders-api", "main", 0.9)
+    assert f.evidence == {"timed_out": 1.0, "status": 0.0}
+    assert f.summary.startswith("orders-api cannot be scraped")
+    assert "hunter2" not in f.summary
+    assert "probe_timeout" in f.remedy
+
+
+def test_a_bad_response_is_target_down_with_its_status_and_no_database() -> None:
+    """A 500 from /metrics of a target without a database: status 500, database ""."""
+    error = TargetBadResponse("HTTP 500", target="orders-api", status=500)
+    obs = Observation(
+        at=1000.0,
+        databases={},
+        targets={"orders-api": error},
+        pgbouncers={},
+        target_info={"orders-api": TargetInfo("orders-api", "http://orders-api/metrics")},
+    )
+    (f,) = diagnose(obs)
+    assert (f.cause, f.culprit, f.database) == ("target_down", "orders-api", "")
+    assert f.evidence == {"timed_out": 0.0, "status": 500.0}
 
 
 # --- the contract ---------------------------------------------------------------------------

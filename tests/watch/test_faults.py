@@ -350,3 +350,6 @@ def test_a_target_whose_metrics_hang_fires_target_down_naming_it_without_stallin
     durations = [e.data["duration_s"] for e in watch.events if e.kind == "tick"]
     assert len(durations) == 5
     assert max(durations) <= INTERVAL + 1.0 + 0.5  # interval + probe_timeout + slack
+    cause = watch.incident_of(rule).root_cause
+    assert cause is not None
+    assert (cause.cause, cause.culprit) == ("target_down", "orders-api")

@@ -62,6 +62,8 @@ _EXPLAIN: Mapping[str, str] = {
     "database_down": "the database could not be reached",
     "server_saturated": "the load itself was more than the server handles at once, with no "
     "single application to blame",
+    "target_down": "an application's /metrics endpoint hung or failed, so its pools could not "
+    "be watched",
 }
 
 _WATCH: tuple[ActionType, str] = (
@@ -161,6 +163,14 @@ _MEASURES: Mapping[str, Sequence[tuple[ActionType, str]]] = {
             "guard the pools so admission control queues or sheds excess load "
             "instead of opening connections",
         ),
+    ),
+    "target_down": (
+        (
+            "prevent",
+            "check that {culprit} serves /metrics from a thread its request load cannot "
+            "starve; raise probe_timeout only if it is just slow",
+        ),
+        ("process", "add {culprit}'s /metrics endpoint to its own health checks"),
     ),
 }
 _UNDIAGNOSED: Sequence[tuple[ActionType, str]] = (

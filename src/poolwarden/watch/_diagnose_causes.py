@@ -7,7 +7,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 
 from poolwarden._dsn import redact_dsn
-from poolwarden.errors import ProbeError
+from poolwarden.errors import ProbeError, TargetBadResponse, TargetTimeout
 from poolwarden.probe.pgbouncer import PgBouncerSnapshot
 from poolwarden.probe.postgres import LockWait
 from poolwarden.watch._diagnose_model import (
@@ -385,6 +385,23 @@ def database_down(database: str, error: ProbeError) -> Finding:
     return make_finding(
         "database_down", confidence, database, database, {"database_up": 0}, summary, remedy
     )
+
+
+def target_down(ctx: Context) -> Iterator[Finding]:
+    """A configured app target whose /metrics could not be scraped: the target is the culprit."""
+    for name, info in ctx.obs.target_info.items():
+        error = ctx.obs.targets.get(name)
+        if not isinstance(error, ProbeError):
+            continue
+        timed_out = isinstance(error, TargetTimeout)
+        status = error.status or 0 if isinstance(error, TargetBadResponse) else 0
+        evidence: dict[str, float] = {"timed_out": int(timed_out), "status": status}
+        summary = f"{name} cannot be scraped: {redact_dsn(str(error))}"
+        remedy = (
+            f"check that {name} runs and that its /metrics endpoint answers ({info.url});"
+            " raise probe_timeout if it is only slow"
+        )
+        yield make_finding("target_down", 0.9, name, info.database or "", evidence, summary, remedy)
 
 
 SERVER_CHECKS = (

@@ -31,6 +31,7 @@ Cause = Literal[
     "noisy_neighbor",
     "database_down",
     "server_saturated",
+    "target_down",
 ]
 CAUSES: tuple[Cause, ...] = get_args(Cause)
 

@@ -18,6 +18,7 @@ from poolwarden.watch._diagnose_causes import (
     database_down,
     pgbouncer_waits,
     pool_leaks,
+    target_down,
 )
 from poolwarden.watch._diagnose_model import (
     APP_CONNECTIONS,
@@ -64,6 +65,7 @@ def diagnose(
             found.extend(check(server, ctx))
     found.extend(pool_leaks(pools, ctx))
     found.extend(pgbouncer_waits(ctx))
+    found.extend(target_down(ctx))
     return sorted(found, key=lambda f: (-f.confidence, CAUSES.index(f.cause), f.culprit))
 
 

@@ -351,8 +351,10 @@ class Watcher:
             return
         findings = diagnose(obs, self.series, thresholds=self._thresholds)
         for incident in wanted:
-            database = self._database_of(incident)
-            best = next((f for f in findings if f.database == database), None)
+            database, target = self._database_of(incident), incident.labels.get("target", "")
+            # A hung target is its own culprit, whatever database it uses.
+            best = next((f for f in findings if f.cause == "target_down" and f.culprit == target),
+                        None) or next((f for f in findings if f.database == database), None)  # fmt: skip
             if best is None:
                 continue
             update = self.book.diagnose(incident.id, best, obs.at)
