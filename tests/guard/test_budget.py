@@ -338,7 +338,8 @@ def test_clamp_caps_the_guard_and_the_server_never_sees_more(
         control = _hammer(free, admin, threads=8, each=6)
     assert (served, errors) == (48, [])
     assert in_app == 2  # the cap was reached, so the check below means something
-    assert 1 <= on_server <= 2
+    assert on_server <= 2, "the server never saw more than the cap"
+    assert on_server > 0, "the sampler saw the service's sessions"
     assert control[2:] == (48, [])
     assert control[1] > 2
 

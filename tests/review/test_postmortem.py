@@ -18,6 +18,7 @@ import pytest
 from tests.fixtures.alerts import Event, alert_event, at, counter_ids
 
 from poolwarden.review import SECTIONS, action_items, postmortem_json, render_postmortem
+from poolwarden.watch.diagnose import CAUSES
 from poolwarden.watch.incidents import Incident, IncidentBook
 from poolwarden.watch.store import Store
 
@@ -154,21 +155,7 @@ def test_action_items_for_pool_oversized_are_typed_and_start_with_the_remedy() -
     assert f"| 1 | {REMEDY} | mitigate |" in text
 
 
-@pytest.mark.parametrize(
-    "cause",
-    [
-        "pool_oversized",
-        "pool_undersized",
-        "connection_leak",
-        "idle_in_transaction",
-        "slow_queries",
-        "lock_contention",
-        "noisy_neighbor",
-        "database_down",
-        "server_saturated",
-        "target_down",
-    ],
-)
+@pytest.mark.parametrize("cause", CAUSES)
 def test_every_cause_gets_prevention_and_a_post_incident_review(cause: str) -> None:
     """Each of the ten causes is explained and yields remedy, prevention and the review."""
     incident = outage(finding=Finding(cause=cause, remedy="do the thing"))
