@@ -19,6 +19,7 @@ import typer
 from rich.console import Console
 
 from poolwarden._cli_audit import register as _register_audit
+from poolwarden._cli_drill import register as _register_drill
 from poolwarden._cli_export import register as _register_export
 from poolwarden._cli_plan import register as _register_plan
 from poolwarden._cli_review import register as _register_review
@@ -51,6 +52,7 @@ _register_watch(app)
 _register_audit(app)
 _register_plan(app)
 _register_review(app)
+_register_drill(app)
 
 DirOption = Annotated[
     Path | None,

@@ -1,7 +1,8 @@
-"""The postmortem of an incident: four sections, its timeline, root cause and typed tasks.
+"""The postmortem of an incident: four sections, timeline, root cause, tasks, impact, charts.
 
 Incidents are built the way watch builds them (`IncidentBook` fed alert events and a
-diagnosis finding); the CLI reads them back from a real SQLite store in tmp_path.
+diagnosis finding); samples as the recorder writes them, with exact figures; the CLI
+reads them back from a real SQLite store in tmp_path, notes added with `Store.add_note`.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ import pytest
 from tests.fixtures.alerts import Event, alert_event, at, counter_ids
 
 from poolwarden.review import SECTIONS, action_items, postmortem_json, render_postmortem
+from poolwarden.review.charts import CHART_FILES, write_charts
 from poolwarden.watch.diagnose import CAUSES
 from poolwarden.watch.incidents import Incident, IncidentBook
+from poolwarden.watch.samples import Sample, SampleName
 from poolwarden.watch.store import Store
 
 SECRET = "hunter2-never-in-a-postmortem"
@@ -314,3 +317,157 @@ def test_the_cli_refuses_a_bad_store_url_in_one_line(url: str, says: str, tmp_pa
     assert says in result.stderr
     assert SECRET not in result.stderr
     assert not (tmp_path / "missing.db").exists()
+
+
+# -- impact, notes and charts from recorded samples --------------------------------------
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+FAULT = "fault injected: orders-api pool max_size 100 on a 97-slot server"
+IMPACT = {"requests": 12000, "failed": 2880, "users": 50, "users_affected": 21}
+
+
+def recorded_samples() -> list[Sample]:
+    """Ten-second samples from T0-60 s to T0+300 s, as the recorder writes them.
+
+    In the window (T0-30 s .. T0+301 s) the request counter rises 100 per step (3,300 in
+    33 steps) and the 5xx counter 25 per step from T0 on (775); the jump from T0-40 s to
+    T0-30 s (+10,000) is outside it. main peaks at 97 of 97; 'other' (500) is out of scope.
+    """
+    rows = []
+    for t in range(-60, 301, 10):
+        requests = 0.0 if t <= -40 else 10_000.0 + 100 * (t + 30) / 10
+        failed = 25.0 * (t // 10 + 1) if t >= 0 else 0.0
+        connections = min(97.0, 60.0 + max(t, 0) / 5)
+        api = {"target": "orders-api", "database": "main"}
+        main = {"database": "main"}
+        orders = {**main, "application_name": "orders-api"}
+        rows += [
+            Sample(at(t), SampleName.HTTP_REQUESTS, api, requests),
+            Sample(at(t), SampleName.HTTP_ERRORS, api, failed),
+            Sample(at(t), SampleName.HTTP_P99, api, 2.5 if t >= 0 else 0.05),
+            Sample(at(t), SampleName.SERVER_CONNECTIONS, main, connections),
+            Sample(at(t), SampleName.SERVER_USABLE, main, 97.0),
+            Sample(at(t), SampleName.APP_CONNECTIONS, orders, connections - 2),
+            Sample(at(t), SampleName.APP_CONNECTIONS, {**main, "application_name": ""}, 2.0),
+            Sample(at(t), SampleName.SERVER_CONNECTIONS, {"database": "other"}, 500.0),
+        ]
+    return rows
+
+
+@pytest.fixture
+def recorded_url(tmp_path: Path) -> str:
+    """A SQLite store with the outage, its samples, and the drill's three notes."""
+    url = f"sqlite:///{tmp_path / 'recorded' / 'poolwarden.db'}"
+    with Store(url) as store:
+        store.create_schema()
+        store.save(outage())
+        store.record_samples(recorded_samples())
+        store.add_note("INC001", at(1), FAULT)
+        store.add_note("INC001", at(290), "remedy applied: orders-api restarted with max_size 77")
+        store.add_note("INC001", at(305), "impact measured by the load generator", IMPACT)
+    return url
+
+
+def load(url: str) -> tuple[Incident, tuple[Sample, ...]]:
+    """Read the incident and every sample back from the store."""
+    with Store(url) as store:
+        incident = store.get_incident("INC001")
+        samples = store.read_samples(at(-3600), at(3600))
+    assert incident is not None
+    return incident, samples
+
+
+def test_the_impact_is_counted_from_the_samples_of_the_incident_window() -> None:
+    """Without a note, failed/total requests are the counters' increase over the window,
+    and the peak connections of the incident's database come with its usable slots."""
+    text = render_postmortem(outage(), samples=recorded_samples())
+    summary = text[text.index("## Issue Summary") : text.index("## Timeline")]
+    assert (
+        "- **Impact:** 775 of 3,300 requests failed (23.5 %), from the apps' HTTP metrics "
+        "sampled 11:59:30 to 12:05:01\n"
+    ) in summary
+    assert "- **Connections:** peak 97 of 97 usable on main; worst HTTP p99 2500 ms" in summary
+    impact = postmortem_json(outage(), samples=recorded_samples())["impact"]
+    assert isinstance(impact, dict)
+    assert (impact["source"], impact["requests"], impact["failed"]) == ("samples", 3300, 775)
+
+
+def test_the_impact_note_wins_for_requests_and_gives_the_users_affected(recorded_url: str) -> None:
+    """From the store, the latest impact note's counts are the impact, with users affected."""
+    incident, samples = load(recorded_url)
+    text = render_postmortem(incident, samples=samples)
+    assert (
+        "- **Impact:** 2,880 of 12,000 requests failed (24.0 %), counted by the load "
+        "generator (impact note at 12:05:05); 21 of 50 users affected\n"
+    ) in text
+    assert "- **Connections:** peak 97 of 97 usable on main" in text
+    assert all(f"## {name}" in text for name in SECTIONS)
+    impact = postmortem_json(incident, samples=samples)["impact"]
+    assert isinstance(impact, dict)
+    assert impact["source"] == "note"
+    assert (impact["failed"], impact["requests"], impact["users_affected"]) == (2880, 12000, 21)
+    assert impact["failed_ratio"] == pytest.approx(0.24)
+
+
+def test_notes_are_in_the_timeline_at_their_time(recorded_url: str) -> None:
+    """The fault, the remedy and the impact notes are timeline entries marked 'note:'."""
+    incident, samples = load(recorded_url)
+    text = render_postmortem(incident, samples=samples)
+    timeline = text[text.index("## Timeline") : text.index("## Root Cause")]
+    assert f"- 12:00:01 - note: {FAULT}\n" in timeline
+    assert "- 12:04:50 - note: remedy applied: orders-api restarted with max_size 77" in timeline
+    assert "- 12:05:05 - note: impact measured by the load generator" in timeline
+
+
+def test_without_samples_or_note_the_impact_says_not_measured() -> None:
+    """No samples and no impact note: the summary says so instead of inventing figures."""
+    text = render_postmortem(outage())
+    assert "- **Impact:** not measured: no HTTP samples or impact note" in text
+    assert "- **Connections:** not sampled" in text
+
+
+def test_charts_are_three_pngs_for_an_incident_with_samples(tmp_path: Path) -> None:
+    """connections.png, errors.png and latency.png are written, each a real PNG, and the
+    Markdown links them under the Issue Summary."""
+    paths = write_charts(outage(), recorded_samples(), tmp_path / "charts")
+    assert [p.name for p in paths] == ["connections.png", "errors.png", "latency.png"]
+    for path in paths:
+        data = path.read_bytes()
+        assert data.startswith(PNG_MAGIC)
+        assert len(data) > 10_000, f"{path.name} is only {len(data)} bytes"
+    assert sorted(p.name for p in (tmp_path / "charts").iterdir()) == sorted(CHART_FILES)
+    text = render_postmortem(outage(), samples=recorded_samples(), charts=paths)
+    charts = text[text.index("### Charts") : text.index("## Timeline")]
+    assert "![connections](connections.png)" in charts
+    assert "![latency](latency.png)" in charts
+
+
+def test_no_chart_is_written_without_samples(tmp_path: Path) -> None:
+    """An incident with no sample in its window gets no chart and no file."""
+    outside = [s for s in recorded_samples() if s.at < at(-40)]
+    assert write_charts(outage(), outside, tmp_path / "charts") == ()
+    assert not (tmp_path / "charts").exists()
+
+
+def test_the_cli_out_writes_the_markdown_and_the_charts_beside_it(
+    recorded_url: str, tmp_path: Path
+) -> None:
+    """--out FILE writes the postmortem and its three charts in FILE's directory; --json
+    lists the chart paths and the impact."""
+    out = tmp_path / "report" / "pm.md"
+    out.parent.mkdir()
+    result = run_cli("postmortem", "INC001", "--store", recorded_url, "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    charts = [out.parent / name for name in CHART_FILES]
+    assert result.stdout.splitlines() == [f"wrote {out}", *(f"wrote {p}" for p in charts)]
+    assert "![errors](errors.png)" in out.read_text()
+    assert all(p.read_bytes().startswith(PNG_MAGIC) for p in charts)
+    assert sorted(p.name for p in out.parent.iterdir()) == sorted(["pm.md", *CHART_FILES])
+    pm_json = tmp_path / "report" / "pm.json"
+    result = run_cli(
+        "postmortem", "INC001", "--store", recorded_url, "--json", "--out", str(pm_json)
+    )
+    assert result.returncode == 0, result.stderr
+    document = json.loads(pm_json.read_text())
+    assert document["charts"] == [str(p) for p in charts]
+    assert (document["impact"]["failed"], document["impact"]["source"]) == (2880, "note")

@@ -31,6 +31,7 @@ from poolwarden.watch.incidents import (
     RootCause,
     notification_key,
 )
+from poolwarden.watch.samples import Sample
 from poolwarden.watch.store import STORE_SCHEMA_VERSION, Store
 
 FP_A, FP_B = "a" * 16, "b" * 16
@@ -482,3 +483,87 @@ def test_kill_9_loses_nothing_committed_and_duplicates_nothing(url: str, tmp_pat
             T0,
         )
         assert resumed.observe(replay) == ()
+
+
+# -- samples and notes ---------------------------------------------------------------------
+
+
+def sample(seconds: float, name: str = "poolwarden_sample_server_connections", value: float = 1.0,
+           **labels: str) -> Sample:  # fmt: skip
+    """A sample at T0 + `seconds`, labelled database=main plus `labels`."""
+    return Sample(at(seconds), name, {"database": "main", **labels}, value)
+
+
+def test_samples_round_trip_in_time_order_and_by_name(store: Store) -> None:
+    """Samples read back equal what was written, sorted by time, cut to the window and names."""
+    written = [
+        sample(2, value=7.0),
+        sample(1, "poolwarden_sample_http_requests_total", 10.0, target="api"),
+        sample(0, value=5.0),
+        sample(3, value=9.0),
+    ]
+    assert store.record_samples(written) == 4
+    assert store.read_samples(at(0), at(2)) == (written[2], written[1], written[0])
+    wanted = store.read_samples(at(0), at(3), names=["poolwarden_sample_server_connections"])
+    assert [s.value for s in wanted] == [5.0, 7.0, 9.0]
+    assert store.record_samples([]) == 0
+
+
+def test_samples_past_the_retention_are_pruned_at_most_once_a_minute(url: str) -> None:
+    """With a 100 s retention a write deletes samples older than its newest - 100 s, but
+    only when the last prune is a minute (of sample time) old."""
+    with Store(url, sample_retention_s=100) as store:
+        store.create_schema()
+
+        def kept_after(*seconds: float) -> list[float]:
+            store.record_samples([sample(s) for s in seconds])
+            return [(s.at - at(0)).total_seconds() for s in store.read_samples(at(0), at(999))]
+
+        assert kept_after(0, 30) == [0, 30]  # the first write prunes: nothing is old yet
+        assert kept_after(80) == [0, 30, 80]  # 50 s after that prune: none
+        assert kept_after(135) == [80, 135]  # 105 s after: prunes before 35
+        assert kept_after(190) == [80, 135, 190]  # 55 s after: 80 is old but stays
+        assert kept_after(195) == [135, 190, 195]  # 60 s after: prunes before 95
+
+
+def test_an_older_store_gets_the_samples_table_at_the_next_start(url: str) -> None:
+    """A store made before samples existed keeps its incidents, version and gains the table."""
+    with Store(url) as first:
+        first.create_schema()
+        (update,) = new_book().observe(alert("firing", FP_A, 0))
+        first.append_events(update.incident, update.events)
+        with first._engine.begin() as conn:
+            conn.exec_driver_sql("DROP TABLE poolwarden_samples")
+        assert first.read_samples(at(0), at(10)) == ()
+    with Store(url) as second:
+        second.create_schema()
+        assert second.get_incident("INC001") == update.incident
+        second.record_samples([sample(1)])
+        assert len(second.read_samples(at(0), at(10))) == 1
+        with second._engine.connect() as conn:
+            rows = conn.exec_driver_sql("SELECT version FROM poolwarden_schema_version").all()
+    assert [tuple(r) for r in rows] == [(STORE_SCHEMA_VERSION,)]
+
+
+def test_a_note_joins_the_timeline_once_and_needs_a_known_incident(store: Store) -> None:
+    """add_note appends a 'note' event with its data (redacted), once; unknown ids refused."""
+    (update,) = new_book().observe(alert("firing", FP_A, 0))
+    store.append_events(update.incident, update.events)
+    text = f"fault injected: 90 sessions from postgresql://app:{SECRET}@db/main"
+    note = store.add_note("INC001", at(5), text, {"requests": 100, "failed": 7})
+    again = store.add_note("INC001", at(5), text, {"requests": 100, "failed": 7})
+    assert note == again
+    assert (note.kind, note.at, note.fingerprint) == ("note", at(5), "")
+    assert SECRET not in note.text
+    loaded = store.get_incident("INC001")
+    assert loaded is not None
+    assert [e.kind for e in loaded.timeline] == ["alert_fired", "note"]
+    assert loaded.timeline[-1] == note
+    assert dict(loaded.timeline[-1].data) == {"requests": 100, "failed": 7}
+    # watch saving its own snapshot (which lacks the note) keeps the note
+    store.save(update.incident)
+    reloaded = store.get_incident("INC001")
+    assert reloaded is not None
+    assert [e.kind for e in reloaded.timeline] == ["alert_fired", "note"]
+    with pytest.raises(ValueError, match="incident 'NOPE': not in store"):
+        store.add_note("NOPE", at(5), "x")

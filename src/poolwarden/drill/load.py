@@ -11,7 +11,10 @@ wrk2). Every outcome is counted once:
 - **failed**: any other exception, counted by class name;
 - **unserved**: still running `drain` seconds after arrivals stopped; it is cancelled.
 
-The run is bounded: `int(rate * duration)` arrivals, then at most `drain` seconds.
+The run is bounded: `int(rate * duration)` arrivals, then at most `drain` seconds; a
+`stop` event ends the arrivals early. `record` sees every outcome as it happens (the drill
+files each one under the phase its scheduled start fell in). `LatencyHistogram` keeps
+percentiles in constant memory with 1 % relative precision, as HdrHistogram does.
 """
 
 from __future__ import annotations
@@ -22,10 +25,14 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Literal
 
-__all__ = ["LoadResult", "LoadSecond", "open_loop"]
+__all__ = ["LatencyHistogram", "LoadResult", "LoadSecond", "Outcome", "open_loop"]
 
 REJECTED = "rejected"
+Outcome = Literal["served", "rejected", "failed"]
+# (scheduled start on the monotonic clock, latency from it in seconds, outcome, error class)
+Record = Callable[[float, float, Outcome, str], None]
 # One timer per millisecond at most, instead of one per request: keeps the client cheap at
 # high rates, while latency still counts from each request's scheduled start.
 _MIN_SLEEP = 0.001
@@ -87,9 +94,15 @@ def _percentile(values: list[float], q: float) -> float | None:
 class _Recorder:
     """Collect outcomes as (completion offset, latency) until the run is closed."""
 
-    def __init__(self, start: float, classify: Callable[[BaseException], str] | None) -> None:
+    def __init__(
+        self,
+        start: float,
+        classify: Callable[[BaseException], str] | None,
+        record: Record | None = None,
+    ) -> None:
         self.start = start
         self.classify = classify
+        self.record = record
         self.closed = False
         self.served: list[tuple[float, float]] = []
         self.rejected: list[tuple[float, float]] = []
@@ -105,15 +118,21 @@ class _Recorder:
         if not self.closed:  # a request that swallowed its cancel stays unserved
             now = time.monotonic()
             self.served.append((now - self.start, now - scheduled))
+            if self.record is not None:
+                self.record(scheduled, now - scheduled, "served", "")
 
     def _record_error(self, exc: Exception, scheduled: float) -> None:
         if self.closed:
             return
         now = time.monotonic()
+        outcome: Outcome = "failed"
         if self.classify is not None and self.classify(exc) == REJECTED:
+            outcome = "rejected"
             self.rejected.append((now - self.start, now - scheduled))
         else:
             self.failed.append((now - self.start, type(exc).__name__))
+        if self.record is not None:
+            self.record(scheduled, now - scheduled, outcome, type(exc).__name__)
 
 
 async def open_loop(
@@ -123,12 +142,15 @@ async def open_loop(
     duration: float,
     drain: float,
     classify: Callable[[BaseException], str] | None = None,
+    stop: asyncio.Event | None = None,
+    record: Record | None = None,
 ) -> LoadResult:
     """Call `request` `rate` times a second for `duration` seconds; return what happened.
 
     `classify` maps an exception to ``"rejected"`` or anything else (a failure); without
     it every exception is a failure. Requests still running `drain` seconds after the last
-    arrival are cancelled and counted as unserved.
+    arrival are cancelled and counted as unserved. Setting `stop` ends the arrivals early
+    (`offered` then counts the arrivals made); `record` is called once per outcome.
     """
     if not (math.isfinite(rate) and rate > 0):
         raise ValueError(f"rate={rate} must be a finite number of requests per second > 0")
@@ -137,21 +159,25 @@ async def open_loop(
             raise ValueError(f"{name}={value} must be a finite number of seconds >= 0")
     total = int(rate * duration)
     start = time.monotonic()
-    recorder = _Recorder(start, classify)
-    tasks = await _arrive(recorder, request, rate, total)
+    recorder = _Recorder(start, classify, record)
+    tasks, total = await _arrive(recorder, request, rate, total, stop)
     await _drain(recorder, tasks, drain)
-    window = max(time.monotonic() - start, duration)
-    return _result(recorder, rate, total, window)
+    window = time.monotonic() - start
+    return _result(recorder, rate, total, window if stop is not None else max(window, duration))
 
 
 async def _arrive(
-    recorder: _Recorder, request: Callable[[], Awaitable[None]], rate: float, total: int
-) -> set[asyncio.Task[None]]:
-    """Launch `total` arrivals on schedule; return the tasks still running."""
+    recorder: _Recorder,
+    request: Callable[[], Awaitable[None]],
+    rate: float,
+    total: int,
+    stop: asyncio.Event | None,
+) -> tuple[set[asyncio.Task[None]], int]:
+    """Launch up to `total` arrivals on schedule; return the tasks still running and the count."""
     tasks: set[asyncio.Task[None]] = set()
     start = recorder.start
     i = 0
-    while i < total:
+    while i < total and not (stop is not None and stop.is_set()):
         # Launch every arrival that is due, then sleep until the next one.
         now = time.monotonic()
         while i < total and start + i / rate <= now:
@@ -161,7 +187,7 @@ async def _arrive(
             i += 1
         if i < total:
             await asyncio.sleep(max(start + i / rate - time.monotonic(), _MIN_SLEEP))
-    return tasks
+    return tasks, i
 
 
 async def _drain(recorder: _Recorder, tasks: set[asyncio.Task[None]], drain: float) -> None:
@@ -214,3 +240,42 @@ def _timeline(recorder: _Recorder, window: float) -> tuple[LoadSecond, ...]:
         LoadSecond(s, counts["served"][s], counts["rejected"][s], counts["failed"][s])
         for s in range(seconds)
     )
+
+
+class LatencyHistogram:
+    """Latencies in log-spaced buckets (1 % wide) from 10 µs to 1 h: constant memory.
+
+    `quantile(q)` returns the upper edge of the bucket holding the nearest-rank `q`
+    quantile, so it overstates by at most 1 %, never understates (HdrHistogram's
+    guarantee, with one significant digit less).
+    """
+
+    _LOW = 1e-5
+    _GROWTH = 1.01
+    _BUCKETS = math.ceil(math.log(3600 / 1e-5) / math.log(1.01)) + 1
+
+    def __init__(self) -> None:
+        self.counts: Counter[int] = Counter()
+        self.count = 0
+        self.max = 0.0
+
+    def record(self, seconds: float) -> None:
+        """Count one latency (negative values count as 0; values above 1 h as 1 h)."""
+        index = 0
+        if seconds > self._LOW:
+            index = min(self._BUCKETS - 1, math.ceil(math.log(seconds / self._LOW, self._GROWTH)))
+        self.counts[index] += 1
+        self.count += 1
+        self.max = max(self.max, seconds)
+
+    def quantile(self, q: float) -> float | None:
+        """Return the `q` quantile (0 <= q <= 1) in seconds, None when nothing was recorded."""
+        if not self.count:
+            return None
+        rank = min(self.count, max(1, math.ceil(q * self.count)))
+        seen = 0
+        for index in sorted(self.counts):
+            seen += self.counts[index]
+            if seen >= rank:
+                return min(self.max, self._LOW * self._GROWTH**index)
+        return self.max  # pragma: no cover - the counts always reach the rank

@@ -3,16 +3,22 @@
 `render_postmortem` writes an incident's postmortem as Markdown in four sections (Issue
 Summary, Timeline, Root Cause and Resolution, Corrective and Preventative Measures);
 `postmortem_json` gives the same content as JSON values; `action_items` derives the typed
-tasks from the root cause (docs/postmortem.md).
+tasks from the root cause; `incident_impact` reads the impact from notes and samples, and
+`write_charts` draws connections, errors and latency as PNGs (docs/postmortem.md).
 """
 
 from __future__ import annotations
 
+from poolwarden.review.charts import CHART_FILES, write_charts
 from poolwarden.review.postmortem import (
     ACTION_TYPES,
+    IMPACT_MARGIN_S,
     SECTIONS,
     ActionItem,
+    Impact,
     action_items,
+    incident_impact,
+    incident_window,
     postmortem_json,
     render_postmortem,
 )
@@ -20,8 +26,14 @@ from poolwarden.review.postmortem import (
 __all__ = [
     "ACTION_TYPES",
     "ActionItem",
+    "CHART_FILES",
+    "IMPACT_MARGIN_S",
+    "Impact",
     "SECTIONS",
     "action_items",
+    "incident_impact",
+    "incident_window",
     "postmortem_json",
     "render_postmortem",
+    "write_charts",
 ]

@@ -2,27 +2,36 @@
 
 `render_postmortem` returns Markdown in the seed postmortem's four sections (Issue
 Summary, Timeline, Root Cause and Resolution, Corrective and Preventative Measures) under
-a header; `postmortem_json` returns the same content as JSON values. Timeline entries are
-UTC; action items are typed ``mitigate``, ``prevent`` or ``process`` as in the Google SRE
-template. Every string passes through `redact_dsn`. Reference: docs/postmortem.md.
+a header; `postmortem_json` returns the same content as JSON values. The impact (failed
+requests, users affected, peak connections) comes from the latest impact note and the
+samples watch recorded over the incident window (`incident_impact`); charts written by
+`review.charts` are linked. Timeline entries are UTC; action items are typed
+``mitigate``, ``prevent`` or ``process`` as in the Google SRE template. Every string
+passes through `redact_dsn`. Reference: docs/postmortem.md.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Literal
 
 from poolwarden._dsn import redact_dsn
-from poolwarden.watch.incidents import AlertState, Incident, RootCause
+from poolwarden.watch.incidents import AlertState, Incident, RootCause, TimelineEvent
+from poolwarden.watch.samples import Sample, summarize_window
 
 __all__ = [
     "ACTION_TYPES",
     "ActionItem",
+    "IMPACT_MARGIN_S",
+    "Impact",
     "SECTIONS",
     "action_items",
+    "incident_impact",
+    "incident_window",
     "postmortem_json",
     "render_postmortem",
 ]
@@ -35,6 +44,10 @@ SECTIONS = (
     "Root Cause and Resolution",
     "Corrective and Preventative Measures",
 )
+# The window of an incident starts this long before it opened: the alert's `for:` and
+# the first failures come before the incident does.
+IMPACT_MARGIN_S = 30.0
+ImpactSource = Literal["note", "samples", "none"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +56,35 @@ class ActionItem:
 
     type: ActionType
     text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Impact:
+    """What the incident cost, and where each figure came from; None: not measured.
+
+    `source` says who counted the requests: the latest impact ``note`` (the load
+    generator's count), the HTTP ``samples`` of the window, or ``none``.
+    """
+
+    source: ImpactSource
+    requests: float | None
+    failed: float | None
+    users: float | None
+    users_affected: float | None
+    peak_connections: float | None
+    usable_connections: float | None
+    peak_database: str
+    peak_p99_seconds: float | None
+    window_start: datetime
+    window_end: datetime | None  # None: an ongoing incident without `now`
+    note_at: datetime | None  # the impact note's time, when there is one
+
+    @property
+    def failed_ratio(self) -> float | None:
+        """Failed / requests; None when not measured or when no request came."""
+        if self.requests is None or self.failed is None or self.requests <= 0:
+            return None
+        return self.failed / self.requests
 
 
 # The cause classes of docs/diagnose.md, in plain words for a reader who was not there.
@@ -194,11 +236,63 @@ def action_items(root_cause: RootCause | None) -> tuple[ActionItem, ...]:
     return tuple(ActionItem(kind, redact_dsn(text)) for kind, text in planned)
 
 
-def render_postmortem(incident: Incident, *, now: datetime | None = None) -> str:
-    """Return the incident's postmortem as Markdown; `now` dates an ongoing one."""
+def incident_window(
+    incident: Incident, now: datetime | None = None
+) -> tuple[datetime, datetime | None]:
+    """Return the incident's window: `IMPACT_MARGIN_S` before it opened, to resolved (or `now`)."""
+    start = _utc(incident.opened_at) - timedelta(seconds=IMPACT_MARGIN_S)
+    end = incident.resolved_at or now
+    return start, None if end is None else _utc(end)
+
+
+def incident_impact(
+    incident: Incident, samples: Iterable[Sample] = (), *, now: datetime | None = None
+) -> Impact:
+    """Return the incident's impact from its latest impact note and the window's samples.
+
+    The note's request counts (the load generator's) win over the samples'; users
+    affected come only from a note. Samples outside the window or scope are ignored.
+    """
+    start, end = incident_window(incident, now)
+    inside = [s for s in samples if start <= _utc(s.at) and (end is None or _utc(s.at) <= end)]
+    seen = summarize_window(inside, incident.labels)
+    note = _impact_note(incident)
+    data = note.data if note is not None else {}
+    counted = _figure(data, "requests") is not None and _figure(data, "failed") is not None
+    source: ImpactSource = "note" if counted else "samples" if seen.requests is not None else "none"
+    return Impact(
+        source=source,
+        requests=_figure(data, "requests") if counted else seen.requests,
+        failed=_figure(data, "failed") if counted else seen.failed,
+        users=_figure(data, "users"),
+        users_affected=_figure(data, "users_affected"),
+        peak_connections=seen.peak_connections,
+        usable_connections=seen.usable_connections,
+        peak_database=seen.peak_database,
+        peak_p99_seconds=seen.peak_p99_seconds,
+        window_start=start,
+        window_end=end,
+        note_at=None if note is None else _utc(note.at),
+    )
+
+
+def render_postmortem(
+    incident: Incident,
+    *,
+    samples: Iterable[Sample] = (),
+    charts: Sequence[Path | str] = (),
+    now: datetime | None = None,
+) -> str:
+    """Return the incident's postmortem as Markdown; `now` dates an ongoing one.
+
+    `samples` give the impact figures; `charts` (PNG paths beside the Markdown) are
+    linked by file name under the Issue Summary.
+    """
+    impact = incident_impact(incident, samples, now=now)
     parts = [
         _header(incident, now),
-        _summary(incident, now),
+        _summary(incident, impact, now),
+        *([_charts(charts)] if charts else []),
         _timeline(incident, now),
         _root_cause(incident),
         _measures(incident),
@@ -207,7 +301,13 @@ def render_postmortem(incident: Incident, *, now: datetime | None = None) -> str
     return redact_dsn("\n\n".join(parts) + "\n")
 
 
-def postmortem_json(incident: Incident, *, now: datetime | None = None) -> dict[str, object]:
+def postmortem_json(
+    incident: Incident,
+    *,
+    samples: Iterable[Sample] = (),
+    charts: Sequence[Path | str] = (),
+    now: datetime | None = None,
+) -> dict[str, object]:
     """Return the postmortem's content as JSON values (times ISO 8601 in UTC)."""
     cause = incident.root_cause
     end = incident.resolved_at or now
@@ -222,6 +322,8 @@ def postmortem_json(incident: Incident, *, now: datetime | None = None) -> dict[
         "resolved_at": _iso(incident.resolved_at),
         "ongoing": incident.resolved_at is None,
         "duration_s": None if end is None else (_utc(end) - incident.opened_at).total_seconds(),
+        "impact": _impact_json(incident_impact(incident, samples, now=now)),
+        "charts": [str(path) for path in charts],
         "alerts": [_alert_json(a) for a in incident.alerts.values()],
         "root_cause": None if cause is None else _cause_json(cause),
         "timeline": [{"at": _iso(e.at), "kind": e.kind, "text": e.text} for e in incident.timeline],
@@ -230,6 +332,12 @@ def postmortem_json(incident: Incident, *, now: datetime | None = None) -> dict[
     redacted = _redacted(document)
     assert isinstance(redacted, dict)
     return redacted
+
+
+def _impact_json(impact: Impact) -> dict[str, object]:
+    values = {f.name: getattr(impact, f.name) for f in fields(impact)}
+    times = {k: _iso(v) for k, v in values.items() if isinstance(v, datetime)}
+    return {**values, **times, "failed_ratio": impact.failed_ratio}
 
 
 def _alert_json(alert: AlertState) -> dict[str, object]:
@@ -273,7 +381,7 @@ def _header(incident: Incident, now: datetime | None) -> str:
     return f"# Postmortem: {_r(incident.title or incident.key)}\n\n| | |\n|---|---|\n{table}"
 
 
-def _summary(incident: Incident, now: datetime | None) -> str:
+def _summary(incident: Incident, impact: Impact, now: datetime | None) -> str:
     alerts = list(incident.alerts.values())
     fired = ", ".join(f"`{_r(a.rule)}` ({a.severity}): {_r(a.summary)}" for a in alerts)
     cause = incident.root_cause
@@ -287,10 +395,55 @@ def _summary(incident: Incident, now: datetime | None) -> str:
         "## Issue Summary",
         "",
         f"- **Duration:** {_duration_text(incident, now)}",
-        f"- **Impact:** {len(alerts)} alert(s) fired on {_scope(incident)}: {fired or 'none'}",
+        f"- **Impact:** {_impact_text(impact)}",
+        f"- **Connections:** {_connections_text(impact)}",
+        f"- **Alerts:** {len(alerts)} fired on {_scope(incident)}: {fired or 'none'}",
         f"- **Root Cause:** {root}",
     ]
     return "\n".join(lines)
+
+
+def _impact_text(impact: Impact) -> str:
+    if impact.source == "none":
+        text = "not measured: no HTTP samples or impact note were recorded for this incident"
+    elif not impact.requests:
+        text = "no request came during the incident"
+    else:
+        ratio = impact.failed_ratio or 0.0
+        text = (
+            f"{_count(impact.failed)} of {_count(impact.requests)} requests failed "
+            f"({ratio * 100:.1f} %)"
+        )
+    if impact.source == "note" and impact.note_at is not None:
+        text += f", counted by the load generator (impact note at {_clock(impact.note_at, False)})"
+    elif impact.source == "samples":
+        until = _clock(impact.window_end, False) if impact.window_end else "now"
+        text += (
+            f", from the apps' HTTP metrics sampled {_clock(impact.window_start, False)} to {until}"
+        )
+    if impact.users is not None and impact.users_affected is not None:
+        text += f"; {_count(impact.users_affected)} of {_count(impact.users)} users affected"
+    return text
+
+
+def _connections_text(impact: Impact) -> str:
+    if impact.peak_connections is None:
+        return "not sampled"
+    usable = (
+        ""
+        if impact.usable_connections is None
+        else f" of {_count(impact.usable_connections)} usable"
+    )
+    where = f" on {_r(impact.peak_database)}" if impact.peak_database else ""
+    text = f"peak {_count(impact.peak_connections)}{usable}{where}"
+    if impact.peak_p99_seconds is not None:
+        text += f"; worst HTTP p99 {impact.peak_p99_seconds * 1000:.0f} ms"
+    return text
+
+
+def _charts(charts: Sequence[Path | str]) -> str:
+    links = [f"![{Path(c).stem}]({Path(c).name})" for c in charts]
+    return "\n\n".join(["### Charts", *links])
 
 
 def _timeline(incident: Incident, now: datetime | None) -> str:
@@ -299,7 +452,7 @@ def _timeline(incident: Incident, now: datetime | None) -> str:
     multi_day = len({_utc(t).date() for t in stamps}) > 1
     day = _utc(incident.opened_at).strftime("%Y-%m-%d")
     lines = ["## Timeline", "", f"All times UTC{'' if multi_day else f', on {day}'}.", ""]
-    lines += [f"- {_clock(e.at, multi_day)} - {_r(e.text)}" for e in incident.timeline]
+    lines += [f"- {_clock(e.at, multi_day)} - {_event_text(e)}" for e in incident.timeline]
     if incident.resolved_at is None:
         at = f" at {_clock(now, multi_day)}" if now is not None else ""
         lines.append(f"- ongoing{at}: the incident is not resolved yet")
@@ -339,6 +492,28 @@ def _measures(incident: Incident) -> str:
 
 
 # -- plumbing ------------------------------------------------------------------------------
+
+
+def _event_text(event: TimelineEvent) -> str:
+    return f"note: {_r(event.text)}" if event.kind == "note" else _r(event.text)
+
+
+def _impact_note(incident: Incident) -> TimelineEvent | None:
+    """Return the latest note carrying request counts or users, if any."""
+    keys = ("requests", "failed", "users", "users_affected")
+    notes = [e for e in incident.timeline if e.kind == "note" and any(k in e.data for k in keys)]
+    return notes[-1] if notes else None
+
+
+def _figure(data: Mapping[str, object], key: str) -> float | None:
+    value = data.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _count(value: float | None) -> str:
+    return "?" if value is None else f"{value:,.0f}"
 
 
 def _resolution(incident: Incident) -> str:

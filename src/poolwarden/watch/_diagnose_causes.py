@@ -52,11 +52,14 @@ def _pool_oversized(server: Server, ctx: Context) -> Iterator[Finding]:
     summary = f"{server.headline()}: {culprit} holds {held:g}"
     summary += f" ({holder.idle} idle)" if holder is not None else ""
     summary += f"; its pools may open {configured:g} of {server.usable} usable" if over else ""
-    remedy = _resize(server, th, culprit, group)
+    remedy, size = _resize(server, th, culprit, group)
+    evidence["recommended_max_size"] = size
     yield server.finding("pool_oversized", confidence, culprit, evidence, summary, remedy)
 
 
-def _resize(server: Server, th: DiagnosisThresholds, culprit: str, group: list[Pool]) -> str:
+def _resize(
+    server: Server, th: DiagnosisThresholds, culprit: str, group: list[Pool]
+) -> tuple[str, int]:
     """Say what max_size per replica keeps every pool within budget_share of the usable slots."""
     n, pool_max, usable = len(group), max((p.max for p in group), default=0.0), server.usable
     # The rest of the budget goes to the other pools' max sizes, or to what the other
@@ -68,9 +71,9 @@ def _resize(server: Server, th: DiagnosisThresholds, culprit: str, group: list[P
     size = max(1, (math.floor(usable * th.budget_share) - int(others)) // (n or 1))
     if n and usable and pool_max > size:
         fits = f"{n} replica{'s' if n > 1 else ''} x {size} = {n * size} fits {usable} usable"
-        return f"lower {culprit}'s pool max_size from {pool_max:g} to {size} ({fits}){_PLAN}"
+        return f"lower {culprit}'s pool max_size from {pool_max:g} to {size} ({fits}){_PLAN}", size
     cap = f"at most {size}" if usable else "well under the server's usable slots"
-    return f"cap {culprit}'s connection pool to {cap} connections{_PLAN}"
+    return f"cap {culprit}'s connection pool to {cap} connections{_PLAN}", size
 
 
 def _noisy_neighbor(server: Server, ctx: Context) -> Iterator[Finding]:
@@ -271,6 +274,33 @@ def _server_saturated(server: Server, ctx: Context) -> Iterator[Finding]:
     yield server.finding("server_saturated", confidence, server.database, evidence, summary, remedy)
 
 
+def _idle_checkouts(server: Server, ctx: Context) -> Iterator[Finding]:
+    """A pool with every connection checked out while PostgreSQL sees them idle: held, unused.
+
+    A pool that is all in use and waits, while the server shows its application's sessions
+    idle (not in a transaction, not running anything), hands connections to code that does
+    not use them: a leak, or work done while holding one. A bigger pool would not help.
+    """
+    th = ctx.th
+    for name, group in server.pool_groups().items():
+        used, pool_max = sum(p.used for p in group), sum(p.max for p in group)
+        app = next((a for a in server.apps if group[0].belongs_to(a.name)), None)
+        full = pool_max > 0 and used >= pool_max and any(p.waiting(th) for p in group)
+        if app is None or not full or app.idle < max(th.leak_growth, 0.5 * used):
+            continue
+        evidence = {"used": used, "pool_max": pool_max, "idle_on_server": app.idle,
+                    "active_on_server": app.active, "replicas": len(group)}  # fmt: skip
+        summary = (
+            f"pool '{name}': all {used:g} connections checked out, yet PostgreSQL sees "
+            f"{app.idle} of {app.name}'s sessions idle: taken and not used"
+        )
+        remedy = (
+            f"find the code path in {app.name} that keeps its connection (guard the pool with "
+            "leak_threshold to log the acquiring stack); restart to get the connections back"
+        )
+        yield server.finding("connection_leak", 0.9, name, evidence, summary, remedy)
+
+
 def _app_leaks(server: Server, ctx: Context) -> Iterator[Finding]:
     """An application's idle-in-transaction (or idle) connections growing without falling."""
     for app in server.apps:
@@ -412,5 +442,6 @@ SERVER_CHECKS = (
     _slow_queries,
     _lock_contention,
     _server_saturated,
+    _idle_checkouts,
     _app_leaks,
 )

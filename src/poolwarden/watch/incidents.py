@@ -45,6 +45,7 @@ EventKind = Literal[
     "notification_sent",
     "notification_failed",
     "resolved",
+    "note",  # written by people or the drill through `Store.add_note`, never by the book
 ]
 
 SEVERITY_RANK: Mapping[str, int] = {"info": 0, "warning": 1, "critical": 2}

@@ -5,7 +5,10 @@ PostgreSQL (``postgresql+psycopg://user@host/db``); `create_schema()` is idempot
 method commits before it returns, so after ``kill -9`` nothing committed is lost. Events
 are inserted or ignored by id (replays change nothing) and `claim_notification` lets one
 caller send each notification. Every string stored passes through `redact_dsn`.
-Reference: docs/watch-incidents.md.
+`record_samples` and `read_samples` keep the series a postmortem charts
+(`watch.samples`), pruned past `sample_retention_s`; `add_note` adds a person's (or the
+drill's) note to an incident's timeline. Reference: docs/watch-incidents.md,
+docs/postmortem.md.
 """
 
 from __future__ import annotations
@@ -13,8 +16,9 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import platformdirs
@@ -24,10 +28,19 @@ from sqlalchemy.engine import RowMapping
 
 from poolwarden._dsn import redact_dsn
 from poolwarden.errors import ConfigError
-from poolwarden.watch.incidents import AlertState, Incident, RootCause, TimelineEvent
+from poolwarden.watch.incidents import (
+    AlertState,
+    Incident,
+    RootCause,
+    TimelineEvent,
+    timeline_event_id,
+)
+from poolwarden.watch.samples import Sample
 
 __all__ = ["STORE_SCHEMA_VERSION", "NotificationRecord", "Store", "default_store_url"]
 
+# Bumped only for a change an older poolwarden cannot read; a new table is not one
+# (create_all adds it at the next start and older readers never look at it).
 STORE_SCHEMA_VERSION = 1
 _URL_HINT = "write sqlite:///path/poolwarden.db or postgresql+psycopg://user@host:5432/dbname"
 
@@ -130,6 +143,18 @@ _alert_state = sa.Table(
     sa.Column("state", _Json, nullable=False),
     sa.Column("updated_at", _UtcDateTime, nullable=False),
 )
+_samples = sa.Table(
+    "poolwarden_samples",
+    _metadata,
+    sa.Column("seq", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("at", _UtcDateTime, nullable=False),
+    sa.Column("name", sa.String(128), nullable=False),
+    sa.Column("labels", _Json, nullable=False),
+    sa.Column("value", sa.Double, nullable=False),
+    sa.Index("ix_poolwarden_samples_at", "at"),
+)
+_NO_DATA: Mapping[str, object] = MappingProxyType({})
+_PRUNE_EVERY_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,11 +182,18 @@ class Store:
     propagate as SQLAlchemy errors. Safe to share between threads.
     """
 
-    def __init__(self, url: str | None = None) -> None:
+    def __init__(self, url: str | None = None, *, sample_retention_s: float = 86_400.0) -> None:
         self.url = url or default_store_url()
         self.target = redact_dsn(self.url)
+        if not sample_retention_s > 0:
+            raise ConfigError(
+                f"store {self.target}: sample_retention_s is {sample_retention_s}; "
+                "give more than 0 seconds (default 86400, a day)"
+            )
+        self.sample_retention_s = float(sample_retention_s)
         self._engine = _create_engine(self.url, self.target)
         self._dialect = self._engine.dialect.name
+        self._pruned_at: datetime | None = None  # sample time of the last prune
 
     def close(self) -> None:
         """Close every pooled connection."""
@@ -247,6 +279,72 @@ class Store:
     def save(self, incident: Incident) -> int:
         """Store the incident and its whole timeline; heals an earlier write that failed."""
         return self.append_events(incident, incident.timeline)
+
+    def add_note(
+        self, incident_id: str, at: datetime, text: str, data: Mapping[str, object] = _NO_DATA
+    ) -> TimelineEvent:
+        """Append a ``note`` to the incident's timeline (once: the id is derived from it).
+
+        `data` holds JSON values. Raises ValueError when the store lacks the incident.
+        """
+        at = _as_utc(at)
+        text = " ".join(redact_dsn(text).split())
+        ident = timeline_event_id(incident_id, "note", "", at, text)
+        event = TimelineEvent(ident, incident_id, "note", at, "", text, _redacted(dict(data)))
+        with self._engine.begin() as conn:
+            found = conn.execute(sa.select(_incidents.c.id).where(_incidents.c.id == incident_id))
+            if found.first() is None:
+                raise ValueError(
+                    f"incident {incident_id!r}: not in store {self.target}; add notes only "
+                    "to an incident watch recorded there"
+                )
+            # The incident's row (and revision) stays as watch wrote it: a note never makes
+            # watch's next snapshot of the incident look stale.
+            self._insert_new(conn, _events, _event_row(event), "id")
+        return event
+
+    # -- samples ------------------------------------------------------------------------
+
+    def record_samples(self, rows: Iterable[Sample]) -> int:
+        """Insert the samples in one transaction; return how many.
+
+        Samples older than `sample_retention_s` before the newest are deleted, at most
+        once a minute of sample time.
+        """
+        samples = tuple(rows)
+        if not samples:
+            return 0
+        values = [
+            {"at": s.at, "name": str(s.name), "labels": dict(s.labels), "value": float(s.value)}
+            for s in samples
+        ]
+        newest = max(_as_utc(s.at) for s in samples)
+        with self._engine.begin() as conn:
+            conn.execute(_samples.insert(), values)
+            last = self._pruned_at
+            if last is None or (newest - last).total_seconds() >= _PRUNE_EVERY_S:
+                cutoff = newest - timedelta(seconds=self.sample_retention_s)
+                conn.execute(sa.delete(_samples).where(_samples.c.at < cutoff))
+                self._pruned_at = newest
+        return len(samples)
+
+    def read_samples(
+        self, start: datetime, end: datetime, names: Sequence[str] | None = None
+    ) -> tuple[Sample, ...]:
+        """Return the samples from `start` to `end` (inclusive), of `names` if given, by time.
+
+        A store no poolwarden with samples has opened yet has none: ().
+        """
+        query = sa.select(_samples).where(_samples.c.at >= start, _samples.c.at <= end)
+        if names is not None:
+            query = query.where(_samples.c.name.in_([str(n) for n in names]))
+        with self._engine.connect() as conn:
+            if not sa.inspect(conn).has_table(_samples.name):
+                return ()
+            rows = conn.execute(query.order_by(_samples.c.at, _samples.c.seq)).mappings()
+            return tuple(
+                Sample(r["at"], r["name"], dict(r["labels"]), float(r["value"])) for r in rows
+            )
 
     # -- notifications ------------------------------------------------------------------
 
@@ -473,3 +571,7 @@ def _reason(exc: sa.exc.DBAPIError) -> str:
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _as_utc(at: datetime) -> datetime:
+    return at.astimezone(UTC) if at.tzinfo else at.replace(tzinfo=UTC)

@@ -1,0 +1,361 @@
+"""One run of a scenario: the fleet, the watch, the load, and the phases (see runner.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from poolwarden.drill._drill_server import DATABASE, DrillServer
+from poolwarden.drill._fleet import Fleet
+from poolwarden.drill._traffic import Ledger, PhaseTally, Traffic, classify
+from poolwarden.drill.demoapp import AppConfig
+from poolwarden.drill.load import open_loop
+from poolwarden.drill.scenarios import Scenario
+from poolwarden.watch.diagnose import DiagnosisThresholds
+from poolwarden.watch.incidents import RootCause
+from poolwarden.watch.loop import Watcher, WatchEvent
+from poolwarden.watch.rules import Rule, load_rules
+from poolwarden.watch.store import Store
+
+_log = logging.getLogger("poolwarden.drill")
+
+# Bounds of every run, whatever happens: the load stops by itself after this long.
+_MAX_RUN_S = 600.0
+_USERS = 1000
+_CUSTOMERS = 1000
+_ORDERS = 20000
+_CLIENT_TIMEOUT_S = 2.0  # a user gives up after this long: the request failed
+
+
+@dataclass(frozen=True, slots=True)
+class RunSettings:
+    """One run: the scenario, the guard, quick or full, and where its files go."""
+
+    scenario: Scenario
+    guard: bool
+    quick: bool
+    out_dir: Path
+    interval: float = 1.0  # the watch's tick
+
+    @property
+    def baseline_s(self) -> float:
+        """Return how long the healthy baseline lasts."""
+        return 5.0 if self.quick else 20.0
+
+    @property
+    def window_s(self) -> float:
+        """Return how long after the fault the run waits for the root cause at most."""
+        return self.scenario.detect_within_s + (15.0 if self.quick else 45.0)
+
+    @property
+    def quiet_s(self) -> float:
+        """Return how long a run with no alert watches the fault before it ends."""
+        return 12.0 if self.quick else 40.0
+
+    @property
+    def hold_s(self) -> float:
+        """Return how long the fault stays before the remedy, at least.
+
+        The watch names the cause in seconds; people and deploys take longer. Holding the
+        fault a while makes its impact measurable, and the same for both guard settings.
+        """
+        return 10.0 if self.quick else 30.0
+
+    @property
+    def recovery_s(self) -> float:
+        """Return how long the load goes on after the remedy."""
+        return 8.0 if self.quick else 30.0
+
+
+@dataclass
+class _Seen:
+    """What the watch reported, written by the watcher's thread, read by the driver."""
+
+    fault_at: float = 0.0  # epoch; 0 until the fault is injected
+    baseline_alerts: list[str] = field(default_factory=list)
+    first_alert: WatchEvent | None = None
+    causes: list[WatchEvent] = field(default_factory=list)
+    resolved: set[str] = field(default_factory=set)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class RunContext:
+    """A run in progress; implements `scenarios.DrillContext` for the scenario's actions."""
+
+    def __init__(
+        self,
+        settings: RunSettings,
+        server: DrillServer,
+        on_progress: Callable[[str, dict[str, Any]], None],
+    ) -> None:
+        self.settings, self.server, self._progress = settings, server, on_progress
+        self.guard, self.quick = settings.guard, settings.quick
+        scenario = settings.scenario
+        self.store_url = f"sqlite:///{settings.out_dir / 'poolwarden.db'}"
+        config = AppConfig(dsn=server.dsn(), name="orders-api", guard=settings.guard,
+                           **dict(scenario.app))  # fmt: skip
+        self.fleet = Fleet(config, scenario.replicas, settings.out_dir / "logs", DATABASE)
+        self.ledger = Ledger()
+        self.seen = _Seen()
+        self._sessions: dict[str, list[psycopg.Connection[Any]]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop_load: asyncio.Event | None = None
+        self._extra: list[concurrent.futures.Future[Any]] = []
+        self._notes: list[tuple[datetime, str, dict[str, Any]]] = []
+        self.watcher: Watcher | None = None
+        self.traffic: Traffic | None = None
+
+    # -- DrillContext -----------------------------------------------------------------
+
+    def deploy(self, **changes: Any) -> None:
+        """Roll the fleet to a new configuration, one replica at a time."""
+        self.fleet.deploy(lambda name: self._progress("deployed", {"replica": name}), **changes)
+
+    def set_fault(self, kind: str, **params: Any) -> None:
+        """Switch an app-side bug on (or off) in every replica."""
+        self.fleet.set_fault(kind, **params)
+
+    def sql(self, statement: str) -> None:
+        """Run `statement` on the orders database as the superuser."""
+        with psycopg.connect(self.server.admin_dsn(), autocommit=True) as conn:
+            conn.execute(statement.encode())
+
+    def hold_sessions(self, count: int, application: str, *, in_transaction: bool) -> int:
+        """Open up to `count` sessions of `application` (its own role); keep them open."""
+        role = application.replace("-", "_")
+        held = self._sessions.setdefault(application, [])
+        for _ in range(count):
+            try:
+                conn = psycopg.connect(self.server.dsn(role), application_name=application,
+                                       autocommit=not in_transaction, connect_timeout=3)  # fmt: skip
+                conn.execute("SELECT 1")
+            except psycopg.OperationalError:
+                break  # the server is full: the job keeps what it got
+            held.append(conn)
+        return len(held)
+
+    def release_sessions(self, application: str) -> None:
+        """Close the sessions held for `application`."""
+        for conn in self._sessions.pop(application, []):
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    def restart_database(self, down_s: float) -> None:
+        """Stop the server for `down_s` seconds, then start it again."""
+        self.server.restart(down_s)
+
+    def spike(self, factor: float, seconds: float) -> None:
+        """Add `factor` x the base rate of arrivals for `seconds`, on the load's event loop."""
+        assert self._loop is not None
+        assert self.traffic is not None
+        assert self._stop_load
+        rate = self.settings.scenario.rate * factor
+        extra = open_loop(self.traffic.request, rate=rate, duration=seconds, drain=3.0,
+                          classify=classify, stop=self._stop_load, record=self.ledger.record)  # fmt: skip
+        self._extra.append(asyncio.run_coroutine_threadsafe(extra, self._loop))
+
+    # -- the run -------------------------------------------------------------------------
+
+    def execute(self) -> Any:
+        """Run the phases; return the `RunResult`."""
+        from poolwarden.drill._drill_result import finish
+
+        scenario = self.settings.scenario
+        (self.settings.out_dir / "logs").mkdir(parents=True, exist_ok=True)
+        store = Store(self.store_url)
+        stop_watch = threading.Event()
+        try:
+            if scenario.neighbours:
+                self.hold_sessions(scenario.neighbours, "billing-worker", in_transaction=False)
+            self.fleet.start()
+            rules = load_rules(overrides=list(scenario.rules))
+            self.watcher = Watcher(
+                store=store, rules=rules, thresholds=_thresholds(rules),
+                databases={DATABASE: self.server.admin_dsn()}, targets=self.fleet.targets(),
+                interval=self.settings.interval, probe_timeout=1.0, on_event=self._on_event,
+            )  # fmt: skip
+            _attach_samples(self.watcher, store)
+            self.watcher.start()
+            ticking = threading.Thread(target=self.watcher.run, kwargs={"stop": stop_watch},
+                                       name="poolwarden-drill-watch", daemon=True)  # fmt: skip
+            ticking.start()
+            timeline = asyncio.run(self._drive())
+            stop_watch.set()
+            ticking.join(timeout=10)
+            self.watcher.close()
+            return finish(self, store, timeline)
+        finally:
+            stop_watch.set()
+            self.fleet.stop()
+            for application in list(self._sessions):
+                self.release_sessions(application)
+            store.close()
+
+    def _on_event(self, event: WatchEvent) -> None:
+        seen = self.seen
+        with seen.lock:
+            if event.kind == "alert_fired":
+                if not seen.fault_at:
+                    seen.baseline_alerts.append(str(event.data.get("rule", "")))
+                elif seen.first_alert is None:
+                    seen.first_alert = event
+            elif event.kind == "root_cause" and seen.fault_at:
+                seen.causes.append(event)
+            elif event.kind == "incident_resolved":
+                seen.resolved.add(str(event.data.get("incident_id", "")))
+        if event.kind in ("alert_fired", "root_cause", "incident_resolved"):
+            self._progress(event.kind, {"text": event.text, **event.data})
+
+    async def _drive(self) -> dict[str, Any]:
+        """Keep the load on while the phases run; return what happened when."""
+        self._loop = asyncio.get_running_loop()
+        self._stop_load = asyncio.Event()
+        self.traffic = Traffic(self.fleet, users=_USERS, customers=_CUSTOMERS, orders=_ORDERS,
+                               timeout=_CLIENT_TIMEOUT_S)  # fmt: skip
+        rate = self.settings.scenario.rate
+        load = asyncio.create_task(open_loop(
+            self.traffic.request, rate=rate, duration=_MAX_RUN_S, drain=_CLIENT_TIMEOUT_S + 1,
+            classify=classify, stop=self._stop_load, record=self.ledger.record,
+        ))  # fmt: skip
+        display = asyncio.create_task(self._display())
+        try:
+            return await self._phases()
+        finally:
+            self.ledger.ended = time.monotonic()
+            self._stop_load.set()
+            await load
+            for extra in self._extra:
+                with contextlib.suppress(Exception):
+                    await asyncio.wrap_future(extra)
+            display.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await display
+            await self.traffic.close()
+
+    async def _phases(self) -> dict[str, Any]:
+        s, scenario = self.settings, self.settings.scenario
+        timeline: dict[str, Any] = {}
+        self._begin("baseline")
+        await asyncio.sleep(s.baseline_s)
+        self._begin("fault")
+        fault_at = time.time()
+        with self.seen.lock:
+            self.seen.fault_at = fault_at
+        fault = await asyncio.to_thread(scenario.inject, self)
+        self._note(fault_at, f"fault injected: {fault}")
+        timeline |= {"fault": fault, "fault_at": fault_at}
+        cause = await self._await_cause(fault_at)
+        timeline["cause"] = cause
+        if self.seen.first_alert is None:
+            await asyncio.sleep(max(0.0, fault_at + s.quiet_s - time.time()))
+            return timeline
+        await asyncio.sleep(max(0.0, fault_at + s.hold_s - time.time()))
+        self._begin("fix")
+        fix = await asyncio.to_thread(scenario.fix, self, cause)
+        self._note(time.time(), f"remedy applied: {fix}")
+        timeline["fix"] = fix
+        self._begin("recovery")
+        await asyncio.sleep(s.recovery_s)
+        return timeline
+
+    async def _await_cause(self, fault_at: float) -> RootCause | None:
+        """Wait for the expected root cause (bounded); return it with its evidence."""
+        s, expected = self.settings, self.settings.scenario.cause
+        deadline = fault_at + s.window_s
+        quiet_until = fault_at + s.quiet_s
+        diagnosing = False
+        while time.time() < deadline:
+            await asyncio.sleep(0.2)
+            with self.seen.lock:
+                alert, causes = self.seen.first_alert, list(self.seen.causes)
+            if alert is None and time.time() > quiet_until:
+                return None  # nothing fired: nothing to diagnose or fix
+            if alert is not None and not diagnosing:
+                self._begin("diagnosis")
+                diagnosing = True
+            match = next((c for c in causes if c.data.get("cause") == expected), None)
+            if match is not None:
+                return await asyncio.to_thread(self._root_cause, match)
+        with self.seen.lock:
+            last = self.seen.causes[-1] if self.seen.causes else None
+        return await asyncio.to_thread(self._root_cause, last) if last else None
+
+    def _root_cause(self, event: WatchEvent) -> RootCause | None:
+        """Read the root cause the event announced, with its evidence, from the store."""
+        assert self.watcher is not None
+        incident_id = str(event.data.get("incident_id", ""))
+        for _ in range(25):  # the tick that announced it persists it at its end
+            incident = self.watcher.store.get_incident(incident_id)
+            if incident is not None and incident.root_cause is not None:
+                return incident.root_cause
+            time.sleep(0.1)
+        return None
+
+    def _begin(self, phase: str) -> PhaseTally:
+        self._progress("phase", {"phase": phase})
+        return self.ledger.begin(phase)
+
+    def _note(self, at: float, text: str) -> None:
+        self._notes.append((datetime.fromtimestamp(at, UTC), text, {}))
+        self._progress("note", {"text": text})
+
+    async def _display(self) -> None:
+        """Report the request rate, errors and connections once a second."""
+        while True:
+            await asyncio.sleep(1.0)
+            served, rejected, failed = self.ledger.last_second()
+            connections = None
+            if self.watcher is not None:
+                obs = self.watcher.state().observation
+                snap = obs.server(DATABASE) if obs is not None else None
+                if snap is not None:
+                    connections = (snap.client_connections, snap.usable_connections)
+            phase = self.ledger.phases[-1].name if self.ledger.phases else ""
+            self._progress("tick", {"phase": phase, "served": served, "rejected": rejected,
+                                    "failed": failed, "connections": connections})  # fmt: skip
+
+    @property
+    def notes(self) -> list[tuple[datetime, str, dict[str, Any]]]:
+        """Return the notes the run made (fault injected, remedy applied)."""
+        return self._notes
+
+
+def _thresholds(rules: tuple[Rule, ...]) -> DiagnosisThresholds:
+    """Return the diagnosis limits with the trend windows compressed to the drill's minutes.
+
+    A leak or a creeping pool must rise for a minute (of a five-minute window) before the
+    watch calls it a trend; a drill's fault lasts tens of seconds, so its clock runs ten
+    times faster for trends. Everything else - rules, `for:` - is the production pack.
+    """
+    limits = {rule.name: rule.threshold for rule in rules}
+    base = DiagnosisThresholds()
+    return dataclasses.replace(
+        base,
+        idle_in_transaction_s=limits.get(
+            "PoolwardenIdleInTransactionTooLong", base.idle_in_transaction_s
+        ),
+        slow_query_s=limits.get("PoolwardenLongRunningQuery", base.slow_query_s),
+        trend_window_s=base.trend_window_s / 10,
+        trend_min_span_s=base.trend_min_span_s / 10,
+    )
+
+
+def _attach_samples(watcher: Watcher, store: Store) -> None:
+    """Persist the series a postmortem charts, when the store supports samples."""
+    try:
+        from poolwarden.watch.samples import sample_recorder
+    except ImportError:  # pragma: no cover - samples.py is being written
+        return
+    watcher.add_recorder(sample_recorder(store))

@@ -1,0 +1,247 @@
+"""The fault library: seven ways a connection pool takes an API down, each set up for real.
+
+Every scenario names its server (`max_connections`), its fleet (replicas and pool sizes),
+its load, the fault (`inject`), the root cause the diagnosis must name, how soon an alert
+must fire, and the remedy (`fix`) the runner applies once the cause is known - from the
+diagnosis's evidence, the way an on-call engineer would. Reference: docs/drill.md.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from poolwarden.watch.incidents import RootCause
+
+__all__ = ["DEFAULT_SCENARIO", "DrillContext", "SCENARIOS", "Scenario", "get_scenario"]
+
+
+class DrillContext(Protocol):
+    """What a scenario may do to the running drill (the runner implements it)."""
+
+    guard: bool
+    quick: bool
+
+    def deploy(self, **changes: Any) -> None:
+        """Roll the fleet to a new app configuration, one replica at a time."""
+
+    def set_fault(self, kind: str, **params: Any) -> None:
+        """Switch an app-side bug on in every replica (``"none"`` turns it off)."""
+
+    def sql(self, statement: str) -> None:
+        """Run `statement` on the drill's database as its owner."""
+
+    def hold_sessions(self, count: int, application: str, *, in_transaction: bool) -> int:
+        """Open up to `count` idle sessions named `application`; return how many opened."""
+
+    def release_sessions(self, application: str) -> None:
+        """Close the sessions held for `application`."""
+
+    def restart_database(self, down_s: float) -> None:
+        """Stop the server, keep it down `down_s` seconds, start it again."""
+
+    def spike(self, factor: float, seconds: float) -> None:
+        """Add `factor` x the base rate of extra arrivals for `seconds` (returns at once)."""
+
+
+Action = Callable[[DrillContext], str]
+Fix = Callable[[DrillContext, RootCause | None], str]
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    """One fault, its setting, what the watch must find, and the remedy."""
+
+    name: str
+    title: str
+    story: str
+    cause: str  # the root-cause class the diagnosis must name
+    detect_within_s: float  # from the fault to the first alert
+    inject: Action
+    fix: Fix
+    max_connections: int = 30
+    replicas: int = 3
+    app: Mapping[str, Any] = field(default_factory=dict)  # AppConfig fields for the baseline
+    rate: float = 60.0  # requests per second
+    neighbours: int = 0  # idle sessions of another service ("billing-worker") all along
+    rules: tuple[Mapping[str, Any], ...] = ()  # rule overrides (time compressed)
+
+
+# -- oversized_pool: the postmortem -------------------------------------------------------
+
+
+def _oversize(ctx: DrillContext) -> str:
+    ctx.deploy(pool_min=20, pool_max=20)
+    return "deploy: orders-api's pool set to 20 connections per replica (min_size = max_size = 20)"
+
+
+def _resize(ctx: DrillContext, cause: RootCause | None) -> str:
+    size = int(cause.evidence.get("recommended_max_size", 0)) if cause is not None else 0
+    size = size if size >= 1 else 5
+    ctx.deploy(pool_min=min(2, size), pool_max=size, guard=True)
+    return f"deploy: orders-api's pool max_size {size} per replica (the diagnosis's size), guard on"
+
+
+# -- connection_leak ----------------------------------------------------------------------
+
+
+def _leak(ctx: DrillContext) -> str:
+    ctx.set_fault("leak", rate=0.2)
+    return "deploy: a code path in POST /orders that never returns its connection (1 in 5 orders)"
+
+
+def _rollback_leak(ctx: DrillContext, cause: RootCause | None) -> str:
+    ctx.set_fault("none")
+    ctx.deploy(guard=True)  # the restart gives the leaked connections back
+    return "rollback: the leaking release reverted, replicas restarted, guard on"
+
+
+# -- idle_in_transaction ------------------------------------------------------------------
+
+
+def _idle_in_tx(ctx: DrillContext) -> str:
+    ctx.set_fault("idle_in_transaction", rate=0.5, seconds=4.0)
+    return "deploy: POST /orders calls the payment provider (4 s) inside its transaction"
+
+
+def _timeout_idle_tx(ctx: DrillContext, cause: RootCause | None) -> str:
+    ctx.set_fault("none")
+    ctx.sql("ALTER ROLE orders_app SET idle_in_transaction_session_timeout = '5s'")
+    ctx.deploy(guard=True)
+    return (
+        "rollback: the payment call moved out of the transaction; "
+        "idle_in_transaction_session_timeout = 5s for role orders_app; guard on"
+    )
+
+
+# -- slow_query_storm ---------------------------------------------------------------------
+
+
+def _drop_index(ctx: DrillContext) -> str:
+    ctx.sql("DROP INDEX IF EXISTS orders_customer_id_idx")
+    return "migration: index orders_customer_id_idx dropped; every order list scans the table"
+
+
+def _restore_index(ctx: DrillContext, cause: RootCause | None) -> str:
+    ctx.sql("CREATE INDEX IF NOT EXISTS orders_customer_id_idx ON orders (customer_id)")
+    ctx.sql("ALTER ROLE orders_app SET statement_timeout = '2s'")
+    return "index orders_customer_id_idx rebuilt; statement_timeout = 2s for role orders_app"
+
+
+# -- noisy_neighbor -----------------------------------------------------------------------
+
+
+def _neighbour(ctx: DrillContext) -> str:
+    held = ctx.hold_sessions(40, "reporting", in_transaction=False)
+    return f"the reporting job opened {held} connections and keeps them"
+
+
+def _cap_neighbour(ctx: DrillContext, cause: RootCause | None) -> str:
+    ctx.release_sessions("reporting")
+    ctx.sql("ALTER ROLE reporting CONNECTION LIMIT 5")
+    return "the reporting job's connections closed; role reporting limited to 5 connections"
+
+
+# -- database_restart ---------------------------------------------------------------------
+
+
+def _restart(ctx: DrillContext) -> str:
+    ctx.restart_database(3.0 if ctx.quick else 10.0)
+    return "the database restarted (down for a few seconds, as in a failover)"
+
+
+def _wait_out(ctx: DrillContext, cause: RootCause | None) -> str:
+    return "nothing to change: the server is back and the pools reconnected"
+
+
+# -- traffic_spike ------------------------------------------------------------------------
+
+
+def _spike(ctx: DrillContext) -> str:
+    ctx.spike(4.0, 10.0 if ctx.quick else 30.0)
+    return "traffic spike: 5x the usual request rate"
+
+
+def _shed(ctx: DrillContext, cause: RootCause | None) -> str:
+    ctx.deploy(guard=True)
+    return "guard on: excess requests shed with 503 + Retry-After instead of queueing"
+
+
+_COMPRESSED = (
+    {"name": "PoolwardenIdleInTransactionTooLong", "threshold": 2, "clear": 1},
+    {"name": "PoolwardenLongRunningQuery", "threshold": 2, "clear": 1},
+)
+
+SCENARIOS: Mapping[str, Scenario] = {
+    s.name: s
+    for s in (
+        Scenario(
+            "oversized_pool", "The postmortem: a pool allowed more connections than the server has",
+            "A deploy sets orders-api's pool to 20 connections per replica. Three replicas "
+            "want 60 of the server's 27 usable slots: the first replicas take them all, the "
+            "last one gets none and every request it receives fails.",
+            "pool_oversized", 15.0, _oversize, _resize,
+            app={"pool_min": 2, "pool_max": 5}, neighbours=3,
+        ),
+        Scenario(
+            "connection_leak", "A code path that never returns its connection",
+            "A release leaks the connection of one order in five. The pools drain "
+            "until requests wait for connections that never come back.",
+            "connection_leak", 20.0, _leak, _rollback_leak,
+            max_connections=60, replicas=2, app={"pool_min": 2, "pool_max": 8, "leak_threshold": 1.0},
+        ),
+        Scenario(
+            "idle_in_transaction", "Transactions left open while calling another service",
+            "POST /orders now calls the payment provider inside its transaction: its "
+            "connection sits idle in transaction, holding its locks, for seconds.",
+            "idle_in_transaction", 15.0, _idle_in_tx, _timeout_idle_tx,
+            max_connections=60, replicas=2, app={"pool_min": 2, "pool_max": 8}, rules=_COMPRESSED,
+        ),
+        Scenario(
+            "slow_query_storm", "A dropped index turns every list into a table scan",
+            "A migration drops the index on orders.customer_id. Every order list scans the "
+            "table; queries pile up and hold every connection of the pools.",
+            "slow_queries", 20.0, _drop_index, _restore_index,
+            max_connections=60, replicas=2, app={"pool_min": 2, "pool_max": 8}, rules=_COMPRESSED,
+        ),
+        Scenario(
+            "noisy_neighbor", "Another service takes the slots the API needs",
+            "The reporting job opens 40 connections and keeps them. orders-api's pools "
+            "recycle their connections and cannot open new ones.",
+            "noisy_neighbor", 15.0, _neighbour, _cap_neighbour,
+            max_connections=50, replicas=2, app={"pool_min": 2, "pool_max": 8, "pool_max_lifetime": 3.0},
+        ),
+        Scenario(
+            "database_restart", "The database restarts under load",
+            "The server restarts (a failover, a crash, a minor-version upgrade). Every "
+            "connection breaks; the pools must notice and reconnect.",
+            "database_down", 10.0, _restart, _wait_out,
+            max_connections=60, replicas=2, app={"pool_min": 2, "pool_max": 8},
+        ),
+        Scenario(
+            "traffic_spike", "Five times the traffic for a while",
+            "A marketing e-mail goes out: five times the usual requests. The pools are "
+            "busy; requests queue for connections until clients give up.",
+            "pool_undersized", 20.0, _spike, _shed,
+            max_connections=60, replicas=2, app={"pool_min": 2, "pool_max": 4},
+        ),
+    )
+}  # fmt: skip
+
+DEFAULT_SCENARIO = "oversized_pool"
+
+
+def get_scenario(name: str) -> Scenario:
+    """Return the scenario called `name`; raise ValueError naming the known ones."""
+    try:
+        return SCENARIOS[name]
+    except KeyError:
+        known = ", ".join(SCENARIOS)
+        raise ValueError(f"unknown scenario {name!r}; choose one of: {known}") from None
+
+
+def quick_rate(scenario: Scenario, quick: bool) -> float:
+    """Return the scenario's base request rate (quick mode keeps it as is)."""
+    return scenario.rate if quick else math.floor(scenario.rate * 1.5)
