@@ -172,7 +172,7 @@ def _print_report(console: Console, report: Any) -> None:
             phases.add_row(*row)
         console.print(phases)
     console.print(
-        "failed = errors and timeouts (2 s); shed = 503 + Retry-After from the guard; "
+        "failed = errors and timeouts (5 s); shed = 503 + Retry-After from the guard; "
         "latency from each request's scheduled start.",
         style="dim",
     )

@@ -94,6 +94,7 @@ def pool_text(
     leaks: int = 0,
     rejections: int = 0,
     checkouts: int = 0,
+    use_seconds: float = 0.0,
     waits: Mapping[str, int] | None = None,
 ) -> str:
     """The guard's metric lines for one pool (`waits`: cumulative wait buckets by `le`)."""
@@ -112,7 +113,7 @@ def pool_text(
         f"db_client_connection_wait_time_seconds_sum{{{lab}}} 0",
         f'db_client_connection_use_time_seconds_bucket{{{lab},le="+Inf"}} {checkouts}',
         f"db_client_connection_use_time_seconds_count{{{lab}}} {checkouts}",
-        f"db_client_connection_use_time_seconds_sum{{{lab}}} 0",
+        f"db_client_connection_use_time_seconds_sum{{{lab}}} {use_seconds}",
     ]  # fmt: skip
     return "\n".join(lines)
 
@@ -370,6 +371,35 @@ def test_a_leak_counter_without_a_store_is_a_weaker_connection_leak() -> None:
     targets = {"orders-api": scrape(pool_text("orders-api", used=4, leaks=2))}
     f = the("connection_leak", diagnose(observe(server(), targets)))
     assert (f.culprit, f.confidence, f.evidence["leaks"]) == ("orders-api", 0.6, 2)
+
+
+def _full_pool_ticks(store: SeriesStore, use_seconds_per_s: float) -> Observation:
+    """Record 3 s of a pool all checked out (8 of 8, 2 waiting) whose sessions the server
+    sees idle; its completed checkouts add `use_seconds_per_s` seconds of use per second."""
+    snap = server({"orders-api": {"idle": 8}})
+    obs = observe(snap, {})
+    for second in range(4):
+        text = pool_text("orders-api", max=8, used=8, pending=2, checkouts=10 * second,
+                         use_seconds=use_seconds_per_s * second)  # fmt: skip
+        obs = observe(snap, {"orders-api": scrape(text)}, at=997.0 + second)
+        record_diagnosis(store, obs)
+    return obs
+
+
+def test_connections_checked_out_idle_and_never_completing_are_a_leak() -> None:
+    """All 8 checked out, idle on the server, almost no completed use: connection_leak."""
+    store = SeriesStore()
+    obs = _full_pool_ticks(store, use_seconds_per_s=0.5)
+    f = diagnose(obs, store)[0]
+    assert (f.cause, f.culprit, f.confidence) == ("connection_leak", "orders-api", 0.9)
+    assert (f.evidence["idle_on_server"], f.evidence["completing"]) == (8, 0.5)
+
+
+def test_a_busy_pool_whose_handlers_work_while_holding_is_not_a_leak() -> None:
+    """Idle on the server but completing 8 connection-seconds a second: busy, not leaked."""
+    store = SeriesStore()
+    obs = _full_pool_ticks(store, use_seconds_per_s=8.0)
+    assert "connection_leak" not in {f.cause for f in diagnose(obs, store)}
 
 
 def record_ticks(

@@ -9,10 +9,11 @@ rows, dated relative to today so the revenue report always has recent data.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -116,6 +117,8 @@ INSERT_ITEM = "INSERT INTO order_items (order_id, sku, qty, price_cents) VALUES 
 
 COUNT_ORDER = "UPDATE customers SET order_count = order_count + 1 WHERE id = %s"
 
+SLOW_REPORT = "/* revenue report, regressed plan */ SELECT pg_sleep(%s)"
+
 REVENUE = """
 SELECT (date_trunc('day', o.created_at))::date AS day, o.status,
        count(DISTINCT o.id) AS orders, sum(i.qty * i.price_cents)::bigint AS revenue_cents
@@ -149,8 +152,8 @@ def create_schema(dsn: str, *, customers: int = 1000, orders: int = 20000) -> No
         conn.execute("ANALYZE customers, orders, order_items")
 
 
-FaultKind = Literal["none", "leak", "idle_in_transaction"]
-_FAULT_KINDS: tuple[FaultKind, ...] = ("none", "leak", "idle_in_transaction")
+FaultKind = Literal["none", "leak", "idle_in_transaction", "slow_report"]
+_FAULT_KINDS: tuple[FaultKind, ...] = ("none", "leak", "idle_in_transaction", "slow_report")
 
 
 def is_number(value: object) -> bool:
@@ -268,6 +271,14 @@ class _PlainCheckout:
         await complete(self._pool.putconn(self._conn))
 
 
+@contextlib.asynccontextmanager
+async def _working(checkout: Any, seconds: float) -> AsyncIterator[Any]:
+    """Hold the connection `seconds` longer: a handler's own work done while holding it."""
+    async with checkout as conn:
+        await asyncio.sleep(seconds)
+        yield conn
+
+
 class Database:
     """The app's pool, guarded or not, and the fault switched on."""
 
@@ -288,16 +299,18 @@ class Database:
         cfg = self.config
         return AsyncConnectionPool(
             cfg.dsn, min_size=min_size, max_size=max_size, timeout=cfg.pool_timeout,
-            name=cfg.name, open=False,
+            max_lifetime=cfg.pool_max_lifetime, name=cfg.name, open=False,
             kwargs={"application_name": cfg.name, "autocommit": True},
         )  # fmt: skip
 
     def connection(self) -> Any:
         """Return an ``async with`` checkout from the guard, or from the plain pool."""
         if self.guarded is not None:
-            return self.guarded.connection()
-        assert self.source is not None
-        return _PlainCheckout(self.pool, self.source.metrics)
+            checkout = self.guarded.connection()
+        else:
+            assert self.source is not None
+            checkout = _PlainCheckout(self.pool, self.source.metrics)
+        return _working(checkout, self.config.work_ms / 1000) if self.config.work_ms else checkout
 
     def set_fault(self, fault: Fault) -> None:
         """Switch to `fault`; leaked connections stay leaked."""

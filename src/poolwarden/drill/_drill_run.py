@@ -36,7 +36,12 @@ _MAX_RUN_S = 600.0
 _USERS = 1000
 _CUSTOMERS = 1000
 _ORDERS = 20000
-_CLIENT_TIMEOUT_S = 2.0  # a user gives up after this long: the request failed
+_CLIENT_TIMEOUT_S = 2.0
+# A rolling deploy takes each replica's /metrics away for a second or two; a scrape config
+# drops terminating pods, the drill keeps its targets and waits longer before calling one down.
+_DRILL_RULES = (
+    {"name": "PoolwardenTargetDown", "for": "10s"},
+)  # a user gives up after this long: the request failed
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +115,8 @@ class RunContext:
         self.ledger = Ledger()
         self.seen = _Seen()
         self._sessions: dict[str, list[psycopg.Connection[Any]]] = {}
+        self._grabbers: dict[str, threading.Event] = {}
+        self._held_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_load: asyncio.Event | None = None
         self._extra: list[concurrent.futures.Future[Any]] = []
@@ -133,22 +140,50 @@ class RunContext:
             conn.execute(statement.encode())
 
     def hold_sessions(self, count: int, application: str, *, in_transaction: bool) -> int:
-        """Open up to `count` sessions of `application` (its own role); keep them open."""
+        """Open up to `count` sessions of `application` (its own role) and keep them.
+
+        Returns how many opened at once; a thread keeps taking every slot that frees up
+        until `count` are held or the sessions are released - a job with an unbounded pool.
+        """
         role = application.replace("-", "_")
         held = self._sessions.setdefault(application, [])
-        for _ in range(count):
+        stop = self._grabbers.setdefault(application, threading.Event())
+
+        def take() -> bool:
             try:
                 conn = psycopg.connect(self.server.dsn(role), application_name=application,
-                                       autocommit=not in_transaction, connect_timeout=3)  # fmt: skip
+                                       autocommit=not in_transaction, connect_timeout=2)  # fmt: skip
                 conn.execute("SELECT 1")
             except psycopg.OperationalError:
-                break  # the server is full: the job keeps what it got
-            held.append(conn)
-        return len(held)
+                return False  # the server is full (or this role's limit reached)
+            with self._held_lock:
+                if stop.is_set():  # released while connecting: nobody would close it
+                    conn.close()
+                    return False
+                held.append(conn)
+            return True
+
+        while len(held) < count and take():
+            pass
+        opened = len(held)
+
+        def grab() -> None:
+            deadline = time.monotonic() + _MAX_RUN_S
+            while not stop.is_set() and len(held) < count and time.monotonic() < deadline:
+                if not take():
+                    stop.wait(0.05)
+
+        threading.Thread(target=grab, name=f"drill-{application}", daemon=True).start()
+        return opened
 
     def release_sessions(self, application: str) -> None:
-        """Close the sessions held for `application`."""
-        for conn in self._sessions.pop(application, []):
+        """Stop taking slots for `application` and close its sessions."""
+        with self._held_lock:
+            stop = self._grabbers.pop(application, None)
+            if stop is not None:
+                stop.set()
+            held = self._sessions.pop(application, [])
+        for conn in held:
             with contextlib.suppress(Exception):
                 conn.close()
 
@@ -180,7 +215,7 @@ class RunContext:
             if scenario.neighbours:
                 self.hold_sessions(scenario.neighbours, "billing-worker", in_transaction=False)
             self.fleet.start()
-            rules = load_rules(overrides=list(scenario.rules))
+            rules = load_rules(overrides=[*_DRILL_RULES, *scenario.rules])
             self.watcher = Watcher(
                 store=store, rules=rules, thresholds=_thresholds(rules),
                 databases={DATABASE: self.server.admin_dsn()}, targets=self.fleet.targets(),

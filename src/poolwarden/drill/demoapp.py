@@ -69,6 +69,10 @@ class AppConfig:
     guard_timeout: float = 1.0
     replicas: int = 1
     leak_threshold: float | None = None
+    pool_max_lifetime: float = 3600.0  # psycopg_pool closes a connection this old on return
+    # What a real handler does while it holds its connection besides querying (rendering,
+    # a call to another service): the requests' demand for connections.
+    work_ms: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.dsn or not self.name:
@@ -78,10 +82,12 @@ class AppConfig:
                 f"demo app {self.name!r}: pool_min={self.pool_min} pool_max={self.pool_max}; "
                 "need 0 <= pool_min <= pool_max and pool_max >= 1"
             )
-        for key in ("pool_timeout", "guard_timeout", "leak_threshold"):
+        for key in ("pool_timeout", "guard_timeout", "leak_threshold", "pool_max_lifetime"):
             value = getattr(self, key)
             if value is not None and not (is_number(value) and value > 0):
                 raise ConfigError(f"demo app {self.name!r}: {key}={value!r} must be positive")
+        if not (is_number(self.work_ms) and 0 <= self.work_ms <= 60_000):
+            raise ConfigError(f"demo app {self.name!r}: work_ms={self.work_ms!r} must be 0-60000")
         if self.replicas < 1:
             raise ConfigError(f"demo app {self.name!r}: replicas={self.replicas} must be >= 1")
 
@@ -213,6 +219,10 @@ def _order_routes(app: FastAPI, db: Database) -> None:
     @app.get("/reports/revenue")
     async def revenue(days: Annotated[int, Query(ge=1, le=3650)] = 30) -> dict[str, Any]:
         async with db.connection() as conn:
+            if db.fault.kind == "slow_report":
+                # The report's plan regressed: the server runs it for `seconds` (waiting, so
+                # a 2-core drill box keeps its CPU for the load and the watch).
+                await conn.execute(sql.SLOW_REPORT, (db.fault.seconds,))
             rows = await (await conn.execute(sql.REVENUE, (days,))).fetchall()
         by_day = [
             {"day": d.isoformat(), "status": s, "orders": n, "revenue_cents": int(r)}
@@ -256,6 +266,8 @@ def _error_handlers(app: FastAPI, db: Database) -> None:
         )
 
     async def database_error(request: Request, exc: Exception) -> Response:
+        if db.config.guard and asgi.database_unavailable(exc):
+            return asgi.unavailable_response(exc)  # restarting or full: retry, don't page
         reason = redact_dsn((str(exc).strip().splitlines() or ["no message"])[0])
         return _error(500, f"pool {db.config.name!r}: database error: {reason}; check the server")
 

@@ -88,22 +88,24 @@ def _resize(ctx: DrillContext, cause: RootCause | None) -> str:
 
 
 def _leak(ctx: DrillContext) -> str:
-    ctx.set_fault("leak", rate=0.2)
-    return "deploy: a code path in POST /orders that never returns its connection (1 in 5 orders)"
+    ctx.set_fault("leak", rate=0.15)
+    return "deploy: a code path in POST /orders that never returns its connection (15 % of orders)"
 
 
 def _rollback_leak(ctx: DrillContext, cause: RootCause | None) -> str:
     ctx.set_fault("none")
-    ctx.deploy(guard=True)  # the restart gives the leaked connections back
-    return "rollback: the leaking release reverted, replicas restarted, guard on"
+    ctx.deploy(guard=True, leak_threshold=2.0)  # the restart gives the leaked connections back
+    return (
+        "rollback: the leaking release reverted, replicas restarted, guard on with leak detection"
+    )
 
 
 # -- idle_in_transaction ------------------------------------------------------------------
 
 
 def _idle_in_tx(ctx: DrillContext) -> str:
-    ctx.set_fault("idle_in_transaction", rate=0.5, seconds=4.0)
-    return "deploy: POST /orders calls the payment provider (4 s) inside its transaction"
+    ctx.set_fault("idle_in_transaction", rate=0.5, seconds=3.0)
+    return "deploy: POST /orders calls the payment provider (3 s) inside its transaction"
 
 
 def _timeout_idle_tx(ctx: DrillContext, cause: RootCause | None) -> str:
@@ -119,29 +121,30 @@ def _timeout_idle_tx(ctx: DrillContext, cause: RootCause | None) -> str:
 # -- slow_query_storm ---------------------------------------------------------------------
 
 
-def _drop_index(ctx: DrillContext) -> str:
-    ctx.sql("DROP INDEX IF EXISTS orders_customer_id_idx")
-    return "migration: index orders_customer_id_idx dropped; every order list scans the table"
+def _slow_report(ctx: DrillContext) -> str:
+    ctx.set_fault("slow_report", seconds=3.5)
+    return "the revenue report's plan regressed: each report now runs for 3.5 s"
 
 
-def _restore_index(ctx: DrillContext, cause: RootCause | None) -> str:
-    ctx.sql("CREATE INDEX IF NOT EXISTS orders_customer_id_idx ON orders (customer_id)")
+def _fix_report(ctx: DrillContext, cause: RootCause | None) -> str:
+    ctx.set_fault("none")
     ctx.sql("ALTER ROLE orders_app SET statement_timeout = '2s'")
-    return "index orders_customer_id_idx rebuilt; statement_timeout = 2s for role orders_app"
+    ctx.deploy(guard=True)
+    return "the report's plan fixed; statement_timeout = 2s for role orders_app; guard on"
 
 
 # -- noisy_neighbor -----------------------------------------------------------------------
 
 
 def _neighbour(ctx: DrillContext) -> str:
-    held = ctx.hold_sessions(40, "reporting", in_transaction=False)
-    return f"the reporting job opened {held} connections and keeps them"
+    held = ctx.hold_sessions(60, "reporting", in_transaction=False)
+    return f"the reporting job opens connections until the server is full ({held} at first) and keeps them"
 
 
 def _cap_neighbour(ctx: DrillContext, cause: RootCause | None) -> str:
-    ctx.release_sessions("reporting")
     ctx.sql("ALTER ROLE reporting CONNECTION LIMIT 5")
-    return "the reporting job's connections closed; role reporting limited to 5 connections"
+    ctx.release_sessions("reporting")
+    return "role reporting limited to 5 connections; its extra sessions closed"
 
 
 # -- database_restart ---------------------------------------------------------------------
@@ -160,14 +163,19 @@ def _wait_out(ctx: DrillContext, cause: RootCause | None) -> str:
 
 
 def _spike(ctx: DrillContext) -> str:
-    ctx.spike(4.0, 10.0 if ctx.quick else 30.0)
-    return "traffic spike: 5x the usual request rate"
+    ctx.spike(2.0, 10.0 if ctx.quick else 30.0)
+    return "traffic spike: 3x the usual request rate"
 
 
-def _shed(ctx: DrillContext, cause: RootCause | None) -> str:
-    ctx.deploy(guard=True)
-    return "guard on: excess requests shed with 503 + Retry-After instead of queueing"
+def _grow(ctx: DrillContext, cause: RootCause | None) -> str:
+    size = int(cause.evidence.get("recommended_max_size", 0)) if cause is not None else 0
+    size = max(size, 8)
+    ctx.deploy(guard=True, pool_max=size)
+    return f"pool max_size raised to {size} per replica (the diagnosis's size), guard on to shed the rest"
 
+
+# A handler holds its connection ~0.1 s: 30 requests/s per replica need ~3 connections.
+_APP: Mapping[str, Any] = {"pool_min": 2, "pool_max": 8, "work_ms": 100}
 
 _COMPRESSED = (
     {"name": "PoolwardenIdleInTransactionTooLong", "threshold": 2, "clear": 1},
@@ -183,49 +191,49 @@ SCENARIOS: Mapping[str, Scenario] = {
             "want 60 of the server's 27 usable slots: the first replicas take them all, the "
             "last one gets none and every request it receives fails.",
             "pool_oversized", 15.0, _oversize, _resize,
-            app={"pool_min": 2, "pool_max": 5}, neighbours=3,
+            app={"pool_min": 2, "pool_max": 5, "work_ms": 100}, neighbours=3,
         ),
         Scenario(
             "connection_leak", "A code path that never returns its connection",
-            "A release leaks the connection of one order in five. The pools drain "
-            "until requests wait for connections that never come back.",
+            "A release leaks the connection of 15 % of orders. The pools drain until "
+            "requests wait for connections that never come back.",
             "connection_leak", 20.0, _leak, _rollback_leak,
-            max_connections=60, replicas=2, app={"pool_min": 2, "pool_max": 8, "leak_threshold": 1.0},
+            max_connections=60, replicas=2, app={**_APP, "leak_threshold": 1.0},
         ),
         Scenario(
             "idle_in_transaction", "Transactions left open while calling another service",
             "POST /orders now calls the payment provider inside its transaction: its "
             "connection sits idle in transaction, holding its locks, for seconds.",
             "idle_in_transaction", 15.0, _idle_in_tx, _timeout_idle_tx,
-            max_connections=60, replicas=2, app={"pool_min": 2, "pool_max": 8}, rules=_COMPRESSED,
+            max_connections=60, replicas=2, app=_APP, rules=_COMPRESSED,
         ),
         Scenario(
-            "slow_query_storm", "A dropped index turns every list into a table scan",
-            "A migration drops the index on orders.customer_id. Every order list scans the "
-            "table; queries pile up and hold every connection of the pools.",
-            "slow_queries", 20.0, _drop_index, _restore_index,
-            max_connections=60, replicas=2, app={"pool_min": 2, "pool_max": 8}, rules=_COMPRESSED,
+            "slow_query_storm", "A report whose plan regressed holds the connections",
+            "The revenue report now runs for seconds. Every report holds its connection "
+            "all along; the pools fill with slow queries and the fast requests wait.",
+            "slow_queries", 15.0, _slow_report, _fix_report,
+            max_connections=60, replicas=2, app=_APP, rules=_COMPRESSED,
         ),
         Scenario(
             "noisy_neighbor", "Another service takes the slots the API needs",
-            "The reporting job opens 40 connections and keeps them. orders-api's pools "
-            "recycle their connections and cannot open new ones.",
+            "The reporting job opens connections until the server is full and keeps them. "
+            "orders-api's pools recycle their connections and cannot open new ones.",
             "noisy_neighbor", 15.0, _neighbour, _cap_neighbour,
-            max_connections=50, replicas=2, app={"pool_min": 2, "pool_max": 8, "pool_max_lifetime": 3.0},
+            max_connections=40, replicas=2, app={**_APP, "pool_max_lifetime": 3.0},
         ),
         Scenario(
             "database_restart", "The database restarts under load",
             "The server restarts (a failover, a crash, a minor-version upgrade). Every "
             "connection breaks; the pools must notice and reconnect.",
             "database_down", 10.0, _restart, _wait_out,
-            max_connections=60, replicas=2, app={"pool_min": 2, "pool_max": 8},
+            max_connections=60, replicas=2, app=_APP,
         ),
         Scenario(
-            "traffic_spike", "Five times the traffic for a while",
-            "A marketing e-mail goes out: five times the usual requests. The pools are "
-            "busy; requests queue for connections until clients give up.",
-            "pool_undersized", 20.0, _spike, _shed,
-            max_connections=60, replicas=2, app={"pool_min": 2, "pool_max": 4},
+            "traffic_spike", "Three times the traffic for a while",
+            "A marketing e-mail goes out: three times the usual requests. The pools are "
+            "too small for it; requests queue for connections until clients give up.",
+            "pool_undersized", 15.0, _spike, _grow,
+            max_connections=60, replicas=2, app={**_APP, "pool_max": 4},
         ),
     )
 }  # fmt: skip

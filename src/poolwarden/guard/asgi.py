@@ -34,7 +34,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from poolwarden.errors import ConfigError, PoolSaturated
 
-__all__ = ["PoolwardenMiddleware", "install", "pool_saturated_handler", "saturated_response"]
+__all__ = [
+    "PoolwardenMiddleware",
+    "database_unavailable",
+    "database_unavailable_handler",
+    "install",
+    "pool_saturated_handler",
+    "saturated_response",
+    "unavailable_response",
+]
 
 _log = logging.getLogger("poolwarden.guard")
 
@@ -67,6 +75,48 @@ async def pool_saturated_handler(request: Request, exc: Exception) -> Response:
         raise exc  # registered for another class by mistake: let Starlette report it
     _log.debug("pool %r refused %s %s: %s", exc.pool, request.method, request.url.path, exc.reason)
     return saturated_response(exc)
+
+
+# SQLSTATEs that say "the server is not serving right now", not "your query is wrong":
+# admin/crash shutdown, starting up, too many connections, and every connection exception.
+_UNAVAILABLE_STATES = frozenset({"57P01", "57P02", "57P03", "53300"})
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """True when `exc` says the database is unavailable (restarting, full, connection lost).
+
+    Reads psycopg's and asyncpg's ``sqlstate`` (class 08 and 57P01-57P03, 53300), also
+    through SQLAlchemy's ``orig``; a psycopg ``OperationalError`` without a SQLSTATE is a
+    connection lost mid-query. Libraries are recognised by module name, not imported.
+    """
+    for err in (exc, getattr(exc, "orig", None), exc.__cause__):
+        if err is None:
+            continue
+        state = getattr(err, "sqlstate", None)
+        if isinstance(state, str) and (state in _UNAVAILABLE_STATES or state.startswith("08")):
+            return True
+        kind = type(err)
+        if kind.__module__.startswith("psycopg") and kind.__name__ == "OperationalError":
+            return state is None
+    return False
+
+
+def unavailable_response(exc: BaseException, retry_after: int = 2) -> Response:
+    """Return ``503`` + ``Retry-After`` for a database that is not serving (see above).
+
+    Like the saturated answer, the body carries no exception text (it may hold a host).
+    """
+    body = {"error": "database_unavailable", "retry_after": retry_after}
+    headers = {"Retry-After": str(retry_after), "Cache-Control": "no-store"}
+    return JSONResponse(body, status_code=503, headers=headers)
+
+
+async def database_unavailable_handler(request: Request, exc: Exception) -> Response:
+    """Answer a database-unavailable error with ``503``; re-raise any other error (500)."""
+    if not database_unavailable(exc):
+        raise exc
+    _log.debug("database unavailable for %s %s: %s", request.method, request.url.path, exc)
+    return unavailable_response(exc)
 
 
 def _saturation(exc: BaseException) -> PoolSaturated | None:
@@ -142,8 +192,12 @@ class PoolwardenMiddleware:
             saturated = _saturation(exc)
             # Once the status line is out a 503 cannot be sent; the server must see the
             # error to close the connection instead of ending a truncated body cleanly.
-            if saturated is None or started:
+            if started or (saturated is None and not database_unavailable(exc)):
                 raise
+            if saturated is None:
+                _log.debug("database unavailable for %s: %s", scope["path"], exc)
+                await unavailable_response(exc)(scope, receive, send)
+                return
             _log.debug("pool %r refused %s: %s", saturated.pool, scope["path"], saturated.reason)
             await saturated_response(saturated)(scope, receive, send)
 
@@ -165,10 +219,21 @@ def install(
     *,
     metrics_path: str | None = "/metrics",
     registry: CollectorRegistry | None = None,
+    unavailable: bool = True,
 ) -> None:
     """Add `PoolwardenMiddleware` and the `PoolSaturated` handler to a Starlette/FastAPI app.
+
+    With `unavailable` (the default) a psycopg ``OperationalError`` that says the database
+    is not serving (restarting, full, connection lost) is answered ``503`` + ``Retry-After``
+    too, unless the app has its own handler for that class.
 
     Call before the app starts serving (Starlette refuses middleware afterwards).
     """
     app.add_middleware(PoolwardenMiddleware, metrics_path=metrics_path, registry=registry)
     app.add_exception_handler(PoolSaturated, pool_saturated_handler)
+    if unavailable:
+        import psycopg
+
+        # An app's own handler for the class stays: it may call database_unavailable().
+        if psycopg.OperationalError not in app.exception_handlers:
+            app.add_exception_handler(psycopg.OperationalError, database_unavailable_handler)

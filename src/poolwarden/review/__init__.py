@@ -10,15 +10,12 @@ tasks from the root cause; `incident_impact` reads the impact from notes and sam
 from __future__ import annotations
 
 from poolwarden.review.charts import CHART_FILES, write_charts
+from poolwarden.review.impact import IMPACT_MARGIN_S, Impact, incident_impact, incident_window
 from poolwarden.review.postmortem import (
     ACTION_TYPES,
-    IMPACT_MARGIN_S,
     SECTIONS,
     ActionItem,
-    Impact,
     action_items,
-    incident_impact,
-    incident_window,
     postmortem_json,
     render_postmortem,
 )

@@ -1,4 +1,8 @@
-"""The decision rules of `diagnose`, one check per cause; each rule in docs/diagnose.md."""
+"""The decision rules of `diagnose`, one check per cause; each rule in docs/diagnose.md.
+
+`SERVER_CHECKS` runs per database; the checks that read the pools themselves (leaks,
+idle checkouts, PgBouncer waits) live in `_diagnose_pools`.
+"""
 
 from __future__ import annotations
 
@@ -8,23 +12,18 @@ from collections.abc import Iterable, Iterator, Sequence
 
 from poolwarden._dsn import redact_dsn
 from poolwarden.errors import ProbeError, TargetBadResponse, TargetTimeout
-from poolwarden.probe.pgbouncer import PgBouncerSnapshot
 from poolwarden.probe.postgres import LockWait
 from poolwarden.watch._diagnose_model import (
     APP_CONNECTIONS,
-    CHECKOUTS,
     NO_NAME,
-    USED,
     Context,
     DiagnosisThresholds,
     Finding,
-    Point,
     Pool,
     Server,
     make_finding,
 )
-
-_PLAN = " - see 'poolwarden plan'"
+from poolwarden.watch._diagnose_pools import PLAN, idle_checkouts
 
 
 def _pool_oversized(server: Server, ctx: Context) -> Iterator[Finding]:
@@ -71,9 +70,9 @@ def _resize(
     size = max(1, (math.floor(usable * th.budget_share) - int(others)) // (n or 1))
     if n and usable and pool_max > size:
         fits = f"{n} replica{'s' if n > 1 else ''} x {size} = {n * size} fits {usable} usable"
-        return f"lower {culprit}'s pool max_size from {pool_max:g} to {size} ({fits}){_PLAN}", size
+        return f"lower {culprit}'s pool max_size from {pool_max:g} to {size} ({fits}){PLAN}", size
     cap = f"at most {size}" if usable else "well under the server's usable slots"
-    return f"cap {culprit}'s connection pool to {cap} connections{_PLAN}", size
+    return f"cap {culprit}'s connection pool to {cap} connections{PLAN}", size
 
 
 def _noisy_neighbor(server: Server, ctx: Context) -> Iterator[Finding]:
@@ -100,7 +99,7 @@ def _noisy_neighbor(server: Server, ctx: Context) -> Iterator[Finding]:
     limit = f"ALTER ROLE {holder.user} CONNECTION LIMIT n" if holder.user else "a role limit"
     remedy = (
         f"cap {holder.name}'s connections (its pool's max_size, or {limit}) so that "
-        f"{victim.target} gets its share{_PLAN}"
+        f"{victim.target} gets its share{PLAN}"
     )
     confidence = 0.8 if own else 0.9  # an unguarded neighbour is the classic case
     yield server.finding("noisy_neighbor", confidence, holder.name, evidence, summary, remedy)
@@ -126,7 +125,7 @@ def _pool_undersized(server: Server, ctx: Context) -> Iterator[Finding]:
         evidence = {
             "pending": pending, "failures": failures, "wait_p95_s": p95, "used": used,
             "pool_max": pool_max, "replicas": len(group), "free": free, "usable": usable,
-            "active": server.active,
+            "active": server.active, "recommended_max_size": size,
         }  # fmt: skip
         wait = f", p95 wait {p95:.2f} s" if p95 else ""
         summary = (
@@ -134,7 +133,7 @@ def _pool_undersized(server: Server, ctx: Context) -> Iterator[Finding]:
             f"{pool_max:g} in use, while database '{server.database}' has {free} of {usable} "
             f"slots free and {server.active} active"
         )
-        remedy = f"raise {name}'s pool max_size from {pool_max:g} to {size}{_PLAN}"
+        remedy = f"raise {name}'s pool max_size from {pool_max:g} to {size}{PLAN}"
         yield server.finding("pool_undersized", confidence, name, evidence, summary, remedy)
 
 
@@ -269,36 +268,9 @@ def _server_saturated(server: Server, ctx: Context) -> Iterator[Finding]:
         )
         remedy = (
             "queue work instead of adding connections: lower the pools' max_size so that active "
-            f"sessions stay near the server's cores, or put PgBouncer (transaction mode) in front{_PLAN}"
+            f"sessions stay near the server's cores, or put PgBouncer (transaction mode) in front{PLAN}"
         )
     yield server.finding("server_saturated", confidence, server.database, evidence, summary, remedy)
-
-
-def _idle_checkouts(server: Server, ctx: Context) -> Iterator[Finding]:
-    """A pool with every connection checked out while PostgreSQL sees them idle: held, unused.
-
-    A pool that is all in use and waits, while the server shows its application's sessions
-    idle (not in a transaction, not running anything), hands connections to code that does
-    not use them: a leak, or work done while holding one. A bigger pool would not help.
-    """
-    th = ctx.th
-    for name, group in server.pool_groups().items():
-        used, pool_max = sum(p.used for p in group), sum(p.max for p in group)
-        app = next((a for a in server.apps if group[0].belongs_to(a.name)), None)
-        full = pool_max > 0 and used >= pool_max and any(p.waiting(th) for p in group)
-        if app is None or not full or app.idle < max(th.leak_growth, 0.5 * used):
-            continue
-        evidence = {"used": used, "pool_max": pool_max, "idle_on_server": app.idle,
-                    "active_on_server": app.active, "replicas": len(group)}  # fmt: skip
-        summary = (
-            f"pool '{name}': all {used:g} connections checked out, yet PostgreSQL sees "
-            f"{app.idle} of {app.name}'s sessions idle: taken and not used"
-        )
-        remedy = (
-            f"find the code path in {app.name} that keeps its connection (guard the pool with "
-            "leak_threshold to log the acquiring stack); restart to get the connections back"
-        )
-        yield server.finding("connection_leak", 0.9, name, evidence, summary, remedy)
 
 
 def _app_leaks(server: Server, ctx: Context) -> Iterator[Finding]:
@@ -319,84 +291,6 @@ def _app_leaks(server: Server, ctx: Context) -> Iterator[Finding]:
                     "connection_leak", confidence, app.name, evidence, summary, remedy
                 )
                 break  # the stronger signal is enough
-
-
-def pool_leaks(pools: list[Pool], ctx: Context) -> Iterator[Finding]:
-    """The guard counted leaks, or a pool's used count climbs while its throughput does not."""
-    groups: dict[tuple[str, str], list[Pool]] = {}
-    for pool in pools:
-        groups.setdefault((pool.database, pool.name), []).append(pool)
-    for (database, name), group in groups.items():
-        leaks, climb = sum(p.leaks for p in group), sum(_climb(p, ctx) for p in group)
-        if leaks <= 0 and climb <= 0:
-            continue
-        recent = all(p.leaks_recent for p in group)
-        confidence = (0.9 if recent else 0.6) if leaks > 0 else 0.7
-        used, pool_max = sum(p.used for p in group), max(p.max for p in group)
-        evidence = {"leaks": leaks, "used_growth": climb, "used": used, "pool_max": pool_max}
-        if leaks > 0:
-            when = f" in the last {ctx.th.recent_window_s:g} s" if recent else " since start"
-            said = f"{leaks:g} connection(s) held past the leak threshold{when}"
-        else:
-            said = f"its used connections grew by {climb:g} while its throughput did not"
-        summary = f"pool '{name}': {said}; {used:g}/{pool_max:g} in use"
-        remedy = (
-            f"read the acquiring stacks the guard logs for pool '{name}' (poolwarden.guard) and "
-            "return each connection with a context manager"
-        )
-        yield make_finding("connection_leak", confidence, name, database, evidence, summary, remedy)
-
-
-def _climb(pool: Pool, ctx: Context) -> float:
-    """Return how much the pool's used count grew, if its throughput did not grow with it."""
-    labels = {"target": pool.target, "pool": pool.name}
-    growth = ctx.grows(USED, labels)
-    if growth is None:
-        return 0.0
-    points = ctx.points(CHECKOUTS, labels, ctx.th.trend_window_s)
-    mid = len(points) // 2
-    # More traffic explains more connections in use; a leak serves no more requests.
-    if mid and _per_second(points[mid:]) > 1.1 * _per_second(points[: mid + 1]):
-        return 0.0
-    return growth
-
-
-def _per_second(points: Sequence[Point]) -> float:
-    """Return a counter's average rate from its first to its last point (0 across a reset)."""
-    (t0, v0), (t1, v1) = points[0], points[-1]
-    return max(v1 - v0, 0.0) / (t1 - t0) if t1 > t0 else 0.0
-
-
-def pgbouncer_waits(ctx: Context) -> Iterator[Finding]:
-    """A PgBouncer pool with clients waiting while the server behind it has room."""
-    dbs = ctx.obs.databases
-    database = next(iter(dbs)) if len(dbs) == 1 else ""  # else which server is behind is unknown
-    behind = ctx.obs.server(database) if database else None
-    confidence = 0.75 if behind is not None and behind.used_ratio <= ctx.th.free_ratio else 0.5
-    for name, snap in ctx.obs.pgbouncers.items():
-        if not isinstance(snap, PgBouncerSnapshot):
-            continue
-        for pool in snap.pools:
-            if pool.cl_waiting <= 0 or pool.maxwait_s < ctx.th.pgbouncer_wait_s:
-                continue
-            entry = next((d for d in snap.databases if d.name == pool.database), None)
-            size = entry.pool_size if entry is not None else snap.config.default_pool_size
-            culprit = f"pgbouncer '{name}' pool {pool.database}/{pool.user}"
-            evidence = {
-                "clients_waiting": pool.cl_waiting, "max_wait_s": pool.maxwait_s,
-                "servers_active": pool.sv_active, "pool_size": size,
-            }  # fmt: skip
-            summary = (
-                f"{culprit}: {pool.cl_waiting} client(s) waiting, the oldest for "
-                f"{pool.maxwait_s:.1f} s, {pool.sv_active}/{size} server connections active"
-            )
-            remedy = (
-                f"raise pool_size for [{pool.database}] in pgbouncer.ini from {size} to "
-                f"{size * 2} and RELOAD{_PLAN}"
-            )
-            yield make_finding(
-                "pool_undersized", confidence, culprit, database, evidence, summary, remedy
-            )
 
 
 _DOWN_REMEDY = {
@@ -442,6 +336,6 @@ SERVER_CHECKS = (
     _slow_queries,
     _lock_contention,
     _server_saturated,
-    _idle_checkouts,
+    idle_checkouts,
     _app_leaks,
 )

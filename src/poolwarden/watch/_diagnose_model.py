@@ -42,6 +42,7 @@ APP_CONNECTIONS = "database_application_state:client_connections:sum"
 USABLE = "database:usable_connections"
 USED = "target_pool:db_client_connection_count_used:sum"
 CHECKOUTS = "target_pool:db_client_connection_use_time_seconds_count:sum"
+USE_SECONDS = "target_pool:db_client_connection_use_time_seconds_sum:sum"
 REJECTIONS = "target_pool:poolwarden_pool_rejections_total:sum"
 TIMEOUTS = "target_pool:db_client_connection_timeouts_total:sum"
 LEAKS = "target_pool:poolwarden_pool_leaks_total:sum"
@@ -50,6 +51,7 @@ WAIT_BUCKETS = "target_pool:db_client_connection_wait_time_seconds_bucket:sum"
 POOL_SERIES: tuple[tuple[str, dict[str, str], str], ...] = (
     ("db_client_connection_count", {"state": "used"}, USED),
     ("db_client_connection_use_time_seconds_count", {}, CHECKOUTS),
+    ("db_client_connection_use_time_seconds_sum", {}, USE_SECONDS),
     ("poolwarden_pool_rejections_total", {}, REJECTIONS),
     ("db_client_connection_timeouts_total", {}, TIMEOUTS),
     ("poolwarden_pool_leaks_total", {}, LEAKS),

@@ -13,13 +13,7 @@ from __future__ import annotations
 from poolwarden.errors import ProbeError, TooManyConnections
 from poolwarden.probe.postgres import ServerSnapshot
 from poolwarden.probe.scrape import ScrapeResult
-from poolwarden.watch._diagnose_causes import (
-    SERVER_CHECKS,
-    database_down,
-    pgbouncer_waits,
-    pool_leaks,
-    target_down,
-)
+from poolwarden.watch._diagnose_causes import SERVER_CHECKS, database_down, target_down
 from poolwarden.watch._diagnose_model import (
     APP_CONNECTIONS,
     CAUSES,
@@ -34,6 +28,7 @@ from poolwarden.watch._diagnose_model import (
     sample_sum,
     wait_buckets,
 )
+from poolwarden.watch._diagnose_pools import pgbouncer_waits, pool_leaks
 from poolwarden.watch.observation import Observation
 from poolwarden.watch.series import SeriesStore
 

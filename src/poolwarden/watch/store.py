@@ -13,9 +13,8 @@ docs/postmortem.md.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import MappingProxyType
@@ -24,17 +23,11 @@ from typing import Any
 import platformdirs
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import RowMapping
 
 from poolwarden._dsn import redact_dsn
 from poolwarden.errors import ConfigError
-from poolwarden.watch.incidents import (
-    AlertState,
-    Incident,
-    RootCause,
-    TimelineEvent,
-    timeline_event_id,
-)
+from poolwarden.watch import _store_schema as schema
+from poolwarden.watch.incidents import Incident, TimelineEvent, timeline_event_id
 from poolwarden.watch.samples import Sample
 
 __all__ = ["STORE_SCHEMA_VERSION", "NotificationRecord", "Store", "default_store_url"]
@@ -45,114 +38,6 @@ STORE_SCHEMA_VERSION = 1
 _URL_HINT = "write sqlite:///path/poolwarden.db or postgresql+psycopg://user@host:5432/dbname"
 
 
-class _RedactedText(sa.types.TypeDecorator[str]):
-    """Text that loses any DSN password on its way into the database."""
-
-    impl = sa.Text
-    cache_ok = True
-
-    def process_bind_param(self, value: str | None, dialect: sa.Dialect) -> str | None:
-        return None if value is None else redact_dsn(value)
-
-
-class _Json(sa.types.TypeDecorator[Any]):
-    """JSON kept as text (NaN survives, key order too), its strings redacted."""
-
-    impl = sa.Text
-    cache_ok = True
-
-    def process_bind_param(self, value: Any, dialect: sa.Dialect) -> str | None:
-        return None if value is None else json.dumps(_redacted(value))
-
-    def process_result_value(self, value: str | None, dialect: sa.Dialect) -> Any:
-        return None if value is None else json.loads(value)
-
-
-class _UtcDateTime(sa.types.TypeDecorator[datetime]):
-    """An aware UTC datetime in, an aware UTC datetime out, on SQLite too."""
-
-    impl = sa.DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
-        if value is None:
-            return None
-        value = value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
-        # SQLite keeps text; naive UTC text sorts by time.
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
-
-    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-_metadata = sa.MetaData()
-_version = sa.Table(
-    "poolwarden_schema_version",
-    _metadata,
-    sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column("version", sa.Integer, nullable=False),
-    sa.Column("created_at", _UtcDateTime, nullable=False),
-)
-_incidents = sa.Table(
-    "poolwarden_incidents",
-    _metadata,
-    sa.Column("id", sa.String(32), primary_key=True),
-    sa.Column("key", _RedactedText, nullable=False),
-    sa.Column("labels", _Json, nullable=False),
-    sa.Column("status", sa.String(16), nullable=False),
-    sa.Column("severity", sa.String(16), nullable=False),
-    sa.Column("title", _RedactedText, nullable=False),
-    sa.Column("opened_at", _UtcDateTime, nullable=False),
-    sa.Column("resolved_at", _UtcDateTime),
-    sa.Column("alerts", _Json, nullable=False),
-    sa.Column("root_cause", _Json),
-    # Timeline length: an older snapshot (fewer events) never overwrites a newer one.
-    sa.Column("revision", sa.Integer, nullable=False),
-    sa.Column("updated_at", _UtcDateTime, nullable=False),
-    sa.Index("ix_poolwarden_incidents_status_opened", "status", "opened_at"),
-)
-_events = sa.Table(
-    "poolwarden_events",
-    _metadata,
-    sa.Column("seq", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
-    sa.Column("id", sa.String(32), nullable=False, unique=True),
-    sa.Column("incident_id", sa.String(32), sa.ForeignKey(_incidents.c.id), nullable=False),
-    sa.Column("kind", sa.String(32), nullable=False),
-    sa.Column("at", _UtcDateTime, nullable=False),
-    sa.Column("fingerprint", sa.String(64), nullable=False),
-    sa.Column("text", _RedactedText, nullable=False),
-    sa.Column("data", _Json, nullable=False),
-    sa.Index("ix_poolwarden_events_incident_at", "incident_id", "at"),
-)
-_notifications = sa.Table(
-    "poolwarden_notifications",
-    _metadata,
-    sa.Column("key", sa.String(255), primary_key=True),
-    sa.Column("status", sa.String(16), nullable=False),
-    sa.Column("attempts", sa.Integer, nullable=False),
-    sa.Column("detail", _RedactedText, nullable=False),
-    sa.Column("claimed_at", _UtcDateTime, nullable=False),
-    sa.Column("updated_at", _UtcDateTime, nullable=False),
-)
-_alert_state = sa.Table(
-    "poolwarden_alert_state",
-    _metadata,
-    sa.Column("fingerprint", sa.String(64), primary_key=True),
-    sa.Column("state", _Json, nullable=False),
-    sa.Column("updated_at", _UtcDateTime, nullable=False),
-)
-_samples = sa.Table(
-    "poolwarden_samples",
-    _metadata,
-    sa.Column("seq", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
-    sa.Column("at", _UtcDateTime, nullable=False),
-    sa.Column("name", sa.String(128), nullable=False),
-    sa.Column("labels", _Json, nullable=False),
-    sa.Column("value", sa.Double, nullable=False),
-    sa.Index("ix_poolwarden_samples_at", "at"),
-)
 _NO_DATA: Mapping[str, object] = MappingProxyType({})
 _PRUNE_EVERY_S = 60.0
 
@@ -216,10 +101,10 @@ class Store:
                         f"poolwarden understands ({STORE_SCHEMA_VERSION}); upgrade poolwarden or "
                         "point --store at another database"
                     )
-                _metadata.create_all(conn)
+                schema.metadata.create_all(conn)
                 if found is None:
                     conn.execute(
-                        _version.insert().values(
+                        schema.version.insert().values(
                             id=1, version=STORE_SCHEMA_VERSION, created_at=_now()
                         )
                     )
@@ -234,34 +119,34 @@ class Store:
     def open_incidents(self) -> tuple[Incident, ...]:
         """Return the open incidents, oldest first, with their timelines."""
         query = (
-            sa.select(_incidents)
-            .where(_incidents.c.status == "open")
-            .order_by(_incidents.c.opened_at, _incidents.c.id)
+            sa.select(schema.incidents)
+            .where(schema.incidents.c.status == "open")
+            .order_by(schema.incidents.c.opened_at, schema.incidents.c.id)
         )
         with self._engine.connect() as conn:
-            return _load_incidents(conn, query)
+            return schema.load_incidents(conn, query)
 
     def get_incident(self, incident_id: str) -> Incident | None:
         """Return one incident with its timeline, or None."""
-        query = sa.select(_incidents).where(_incidents.c.id == incident_id)
+        query = sa.select(schema.incidents).where(schema.incidents.c.id == incident_id)
         with self._engine.connect() as conn:
-            found = _load_incidents(conn, query)
+            found = schema.load_incidents(conn, query)
         return found[0] if found else None
 
     def list_incidents(self, limit: int = 50, status: str | None = None) -> tuple[Incident, ...]:
         """Return up to `limit` incidents (of `status` if given), newest first."""
-        query = sa.select(_incidents).order_by(
-            _incidents.c.opened_at.desc(), _incidents.c.id.desc()
+        query = sa.select(schema.incidents).order_by(
+            schema.incidents.c.opened_at.desc(), schema.incidents.c.id.desc()
         )
         if status is not None:
-            query = query.where(_incidents.c.status == status)
+            query = query.where(schema.incidents.c.status == status)
         with self._engine.connect() as conn:
-            return _load_incidents(conn, query.limit(limit))
+            return schema.load_incidents(conn, query.limit(limit))
 
     def upsert_incident(self, incident: Incident) -> None:
         """Insert or update the incident's row (not its events); a stale snapshot is ignored."""
         with self._engine.begin() as conn:
-            self._upsert(conn, _incidents, _incident_row(incident), "id")
+            self._upsert(conn, schema.incidents, schema.incident_row(incident, _now()), "id")
 
     def append_events(self, incident: Incident, events: Iterable[TimelineEvent]) -> int:
         """Upsert the incident and insert the events it lacks, in one transaction.
@@ -273,8 +158,10 @@ class Store:
         if strays:
             raise ValueError(f"events {strays} do not belong to incident {incident.id}")
         with self._engine.begin() as conn:
-            self._upsert(conn, _incidents, _incident_row(incident), "id")
-            return sum(self._insert_new(conn, _events, _event_row(e), "id") for e in events)
+            self._upsert(conn, schema.incidents, schema.incident_row(incident, _now()), "id")
+            return sum(
+                self._insert_new(conn, schema.events, schema.event_row(e), "id") for e in events
+            )
 
     def save(self, incident: Incident) -> int:
         """Store the incident and its whole timeline; heals an earlier write that failed."""
@@ -290,9 +177,11 @@ class Store:
         at = _as_utc(at)
         text = " ".join(redact_dsn(text).split())
         ident = timeline_event_id(incident_id, "note", "", at, text)
-        event = TimelineEvent(ident, incident_id, "note", at, "", text, _redacted(dict(data)))
+        event = TimelineEvent(ident, incident_id, "note", at, "", text, schema.redacted(dict(data)))
         with self._engine.begin() as conn:
-            found = conn.execute(sa.select(_incidents.c.id).where(_incidents.c.id == incident_id))
+            found = conn.execute(
+                sa.select(schema.incidents.c.id).where(schema.incidents.c.id == incident_id)
+            )
             if found.first() is None:
                 raise ValueError(
                     f"incident {incident_id!r}: not in store {self.target}; add notes only "
@@ -300,7 +189,7 @@ class Store:
                 )
             # The incident's row (and revision) stays as watch wrote it: a note never makes
             # watch's next snapshot of the incident look stale.
-            self._insert_new(conn, _events, _event_row(event), "id")
+            self._insert_new(conn, schema.events, schema.event_row(event), "id")
         return event
 
     # -- samples ------------------------------------------------------------------------
@@ -320,11 +209,11 @@ class Store:
         ]
         newest = max(_as_utc(s.at) for s in samples)
         with self._engine.begin() as conn:
-            conn.execute(_samples.insert(), values)
+            conn.execute(schema.samples.insert(), values)
             last = self._pruned_at
             if last is None or (newest - last).total_seconds() >= _PRUNE_EVERY_S:
                 cutoff = newest - timedelta(seconds=self.sample_retention_s)
-                conn.execute(sa.delete(_samples).where(_samples.c.at < cutoff))
+                conn.execute(sa.delete(schema.samples).where(schema.samples.c.at < cutoff))
                 self._pruned_at = newest
         return len(samples)
 
@@ -335,13 +224,17 @@ class Store:
 
         A store no poolwarden with samples has opened yet has none: ().
         """
-        query = sa.select(_samples).where(_samples.c.at >= start, _samples.c.at <= end)
+        query = sa.select(schema.samples).where(
+            schema.samples.c.at >= start, schema.samples.c.at <= end
+        )
         if names is not None:
-            query = query.where(_samples.c.name.in_([str(n) for n in names]))
+            query = query.where(schema.samples.c.name.in_([str(n) for n in names]))
         with self._engine.connect() as conn:
-            if not sa.inspect(conn).has_table(_samples.name):
+            if not sa.inspect(conn).has_table(schema.samples.name):
                 return ()
-            rows = conn.execute(query.order_by(_samples.c.at, _samples.c.seq)).mappings()
+            rows = conn.execute(
+                query.order_by(schema.samples.c.at, schema.samples.c.seq)
+            ).mappings()
             return tuple(
                 Sample(r["at"], r["name"], dict(r["labels"]), float(r["value"])) for r in rows
             )
@@ -359,15 +252,15 @@ class Store:
         row = {"key": key, "status": "pending", "attempts": 1, "detail": ""}
         with self._engine.begin() as conn:
             if self._insert_new(
-                conn, _notifications, {**row, "claimed_at": now, "updated_at": now}, "key"
+                conn, schema.notifications, {**row, "claimed_at": now, "updated_at": now}, "key"
             ):
                 return True
             retry = (
-                sa.update(_notifications)
-                .where(_notifications.c.key == key, _notifications.c.status == "failed")
+                sa.update(schema.notifications)
+                .where(schema.notifications.c.key == key, schema.notifications.c.status == "failed")
                 .values(
                     status="pending",
-                    attempts=_notifications.c.attempts + 1,
+                    attempts=schema.notifications.c.attempts + 1,
                     claimed_at=now,
                     updated_at=now,
                 )
@@ -381,12 +274,14 @@ class Store:
         row = {"key": key, "status": status, "attempts": 1, "detail": detail}
         with self._engine.begin() as conn:
             row |= {"claimed_at": now, "updated_at": now}
-            self._upsert(conn, _notifications, row, "key", keep=("attempts", "claimed_at"))
+            self._upsert(conn, schema.notifications, row, "key", keep=("attempts", "claimed_at"))
 
     def get_notification(self, key: str) -> NotificationRecord | None:
         """Return what is known of notification `key`, or None if never claimed."""
         with self._engine.connect() as conn:
-            row = conn.execute(sa.select(_notifications).where(_notifications.c.key == key)).first()
+            row = conn.execute(
+                sa.select(schema.notifications).where(schema.notifications.c.key == key)
+            ).first()
         return NotificationRecord(**row._mapping) if row is not None else None
 
     # -- rule engine state ---------------------------------------------------------------
@@ -395,15 +290,19 @@ class Store:
         """Replace the rule engine's state: one JSON value per alert fingerprint."""
         now = _now()
         with self._engine.begin() as conn:
-            conn.execute(sa.delete(_alert_state).where(_alert_state.c.fingerprint.not_in(states)))
+            conn.execute(
+                sa.delete(schema.alert_state).where(schema.alert_state.c.fingerprint.not_in(states))
+            )
             for fingerprint, state in states.items():
                 row = {"fingerprint": fingerprint, "state": state, "updated_at": now}
-                self._upsert(conn, _alert_state, row, "fingerprint")
+                self._upsert(conn, schema.alert_state, row, "fingerprint")
 
     def load_alert_state(self) -> dict[str, Any]:
         """Return the rule engine's state as last saved, by fingerprint."""
         with self._engine.connect() as conn:
-            rows = conn.execute(sa.select(_alert_state.c.fingerprint, _alert_state.c.state))
+            rows = conn.execute(
+                sa.select(schema.alert_state.c.fingerprint, schema.alert_state.c.state)
+            )
             return dict(rows.all())
 
     # -- plumbing -----------------------------------------------------------------------
@@ -475,93 +374,12 @@ def _sqlite_settings(dbapi_connection: Any, _record: object) -> None:
 
 
 def _schema_version(conn: sa.Connection) -> int | None:
-    if not sa.inspect(conn).has_table(_version.name):
+    if not sa.inspect(conn).has_table(schema.version.name):
         return None
-    value = conn.execute(sa.select(_version.c.version).where(_version.c.id == 1)).scalar()
+    value = conn.execute(
+        sa.select(schema.version.c.version).where(schema.version.c.id == 1)
+    ).scalar()
     return int(value) if value is not None else None
-
-
-def _load_incidents(conn: sa.Connection, query: Any) -> tuple[Incident, ...]:
-    rows = conn.execute(query).mappings().all()
-    timelines: dict[str, list[TimelineEvent]] = {row["id"]: [] for row in rows}
-    if timelines:
-        events = conn.execute(
-            sa.select(_events)
-            .where(_events.c.incident_id.in_(list(timelines)))
-            .order_by(_events.c.at, _events.c.seq)
-        ).mappings()
-        for ev in events:
-            timelines[ev["incident_id"]].append(_event_from_row(ev))
-    return tuple(_incident_from_row(row, timelines[row["id"]]) for row in rows)
-
-
-# Incident fields kept in columns of the same name.
-_INCIDENT_COLUMNS = (
-    "id",
-    "key",
-    "labels",
-    "status",
-    "severity",
-    "title",
-    "opened_at",
-    "resolved_at",
-)
-
-
-def _incident_row(incident: Incident) -> dict[str, Any]:
-    cause = incident.root_cause
-    return {
-        **{name: getattr(incident, name) for name in _INCIDENT_COLUMNS},
-        "alerts": [_plain(alert) for alert in incident.alerts.values()],
-        "root_cause": None if cause is None else _plain(cause),
-        "revision": len(incident.timeline),
-        "updated_at": _now(),
-    }
-
-
-def _incident_from_row(row: RowMapping, timeline: Sequence[TimelineEvent]) -> Incident:
-    alerts = [
-        AlertState(
-            **{**a, "fired_at": _time(a["fired_at"]), "resolved_at": _time(a["resolved_at"])}
-        )
-        for a in row["alerts"]
-    ]
-    cause = row["root_cause"]
-    return Incident(
-        **{name: row[name] for name in _INCIDENT_COLUMNS},
-        alerts={alert.fingerprint: alert for alert in alerts},
-        root_cause=None if cause is None else RootCause(**cause),
-        timeline=tuple(timeline),
-    )
-
-
-def _event_row(item: TimelineEvent) -> dict[str, Any]:
-    return {f.name: getattr(item, f.name) for f in fields(item)}
-
-
-def _event_from_row(row: RowMapping) -> TimelineEvent:
-    return TimelineEvent(**{f.name: row[f.name] for f in fields(TimelineEvent)})
-
-
-def _plain(item: AlertState | RootCause) -> dict[str, Any]:
-    """Return a dataclass as a JSON object, times as ISO text in UTC."""
-    values = ((f.name, getattr(item, f.name)) for f in fields(item))
-    return {k: v.astimezone(UTC).isoformat() if isinstance(v, datetime) else v for k, v in values}
-
-
-def _time(text: str | None) -> datetime | None:
-    return None if text is None else datetime.fromisoformat(text)
-
-
-def _redacted(value: Any) -> Any:
-    """Return a JSON value with `redact_dsn` applied to every string in it."""
-    if isinstance(value, str):
-        return redact_dsn(value)
-    if isinstance(value, Mapping):
-        return {str(k): _redacted(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_redacted(v) for v in value]
-    return value
 
 
 def _reason(exc: sa.exc.DBAPIError) -> str:
