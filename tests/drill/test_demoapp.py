@@ -200,17 +200,17 @@ def test_guard_on_saturated_answers_503_with_retry_after(running: Callable[..., 
 
 
 def test_budget_clamp_resizes_the_pool(pg_factory: Callable[..., PgServer]) -> None:
-    """Guarded, a pool above the fleet's share opens only the share: 14 slots / 2 replicas = 7."""
-    server = pg_factory(max_connections=20)  # 17 usable - 3 headroom = 14 for the fleet
+    """Guarded, a pool above the fleet's share opens only the share: 13 slots / 2 replicas = 6."""
+    server = pg_factory(max_connections=20)  # 17 usable - 4 headroom (a fifth) = 13 for the fleet
     config = AppConfig(
         server.dsn, name="demo-clamp", pool_min=10, pool_max=10, guard=True, replicas=2
     )
     with serve(create_app(config)) as srv:
-        assert wait_until(lambda: app_sessions(server, "demo-clamp") >= 7, timeout=10)
+        assert wait_until(lambda: app_sessions(server, "demo-clamp") >= 6, timeout=10)
         time.sleep(0.3)  # a pool still at min_size=10 would have opened more by now
-        assert app_sessions(server, "demo-clamp") == 7
+        assert app_sessions(server, "demo-clamp") == 6
         text = httpx.get(f"{srv.url}/metrics").text
-    assert samples(text, "db_client_connection_max") == {(("pool_name", "demo-clamp"),): 7.0}
+    assert samples(text, "db_client_connection_max") == {(("pool_name", "demo-clamp"),): 6.0}
 
 
 def test_leak_fault_leaves_connections_checked_out(running: Callable[..., Any]) -> None:
@@ -247,7 +247,10 @@ def test_idle_in_transaction_fault_holds_transactions_open(
 @pytest.mark.parametrize(
     ("body", "message"),
     [
-        ({"kind": "explode"}, "kind='explode' is not one of none, leak, idle_in_transaction"),
+        (
+            {"kind": "explode"},
+            "kind='explode' is not one of none, leak, idle_in_transaction, slow_report",
+        ),
         ({"kind": "leak", "rate": 1.5}, "rate=1.5 must be a number from 0.0 to 1.0"),
         ({"kind": "leak", "every": 2}, "unknown field 'every'; fields: kind, rate, seconds"),
         ([], 'send a JSON object like {"kind": "leak", "rate": 0.5}'),

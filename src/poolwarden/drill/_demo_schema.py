@@ -359,6 +359,14 @@ class Database:
                 cfg.dsn, service=cfg.name, replicas=cfg.replicas, pool_max=cfg.pool_max,
                 mode="clamp",
             )  # fmt: skip
+            # Keep the fleet under watch's 80 % warning: a fifth of the usable slots stay
+            # free for deploys, migrations and people (more than the default 3 slots).
+            headroom = math.ceil(0.2 * verdict.usable_connections)
+            if headroom > verdict.headroom:
+                verdict = check_budget(
+                    cfg.dsn, service=cfg.name, replicas=cfg.replicas, pool_max=cfg.pool_max,
+                    mode="clamp", headroom=headroom,
+                )  # fmt: skip
         except PoolwardenError as exc:
             reason = redact_dsn(str(exc).splitlines()[0])
             _log.warning(

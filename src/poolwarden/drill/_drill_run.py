@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import dataclasses
 import logging
 import threading
 import time
@@ -23,10 +22,9 @@ from poolwarden.drill._traffic import Ledger, PhaseTally, Traffic, classify
 from poolwarden.drill.demoapp import AppConfig
 from poolwarden.drill.load import open_loop
 from poolwarden.drill.scenarios import Scenario
-from poolwarden.watch.diagnose import DiagnosisThresholds
 from poolwarden.watch.incidents import RootCause
 from poolwarden.watch.loop import Watcher, WatchEvent
-from poolwarden.watch.rules import Rule, load_rules
+from poolwarden.watch.rules import load_rules
 from poolwarden.watch.store import Store
 
 _log = logging.getLogger("poolwarden.drill")
@@ -36,7 +34,7 @@ _MAX_RUN_S = 600.0
 _USERS = 1000
 _CUSTOMERS = 1000
 _ORDERS = 20000
-_CLIENT_TIMEOUT_S = 2.0
+_CLIENT_TIMEOUT_S = 5.0  # a user (or the load balancer) gives up after this long: failed
 # A rolling deploy takes each replica's /metrics away for a second or two; a scrape config
 # drops terminating pods, the drill keeps its targets and waits longer before calling one down.
 _DRILL_RULES = (
@@ -217,7 +215,7 @@ class RunContext:
             self.fleet.start()
             rules = load_rules(overrides=[*_DRILL_RULES, *scenario.rules])
             self.watcher = Watcher(
-                store=store, rules=rules, thresholds=_thresholds(rules),
+                store=store, rules=rules,
                 databases={DATABASE: self.server.admin_dsn()}, targets=self.fleet.targets(),
                 interval=self.settings.interval, probe_timeout=1.0, on_event=self._on_event,
             )  # fmt: skip
@@ -365,26 +363,6 @@ class RunContext:
     def notes(self) -> list[tuple[datetime, str, dict[str, Any]]]:
         """Return the notes the run made (fault injected, remedy applied)."""
         return self._notes
-
-
-def _thresholds(rules: tuple[Rule, ...]) -> DiagnosisThresholds:
-    """Return the diagnosis limits with the trend windows compressed to the drill's minutes.
-
-    A leak or a creeping pool must rise for a minute (of a five-minute window) before the
-    watch calls it a trend; a drill's fault lasts tens of seconds, so its clock runs ten
-    times faster for trends. Everything else - rules, `for:` - is the production pack.
-    """
-    limits = {rule.name: rule.threshold for rule in rules}
-    base = DiagnosisThresholds()
-    return dataclasses.replace(
-        base,
-        idle_in_transaction_s=limits.get(
-            "PoolwardenIdleInTransactionTooLong", base.idle_in_transaction_s
-        ),
-        slow_query_s=limits.get("PoolwardenLongRunningQuery", base.slow_query_s),
-        trend_window_s=base.trend_window_s / 10,
-        trend_min_span_s=base.trend_min_span_s / 10,
-    )
 
 
 def _attach_samples(watcher: Watcher, store: Store) -> None:

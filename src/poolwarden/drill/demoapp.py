@@ -1,7 +1,7 @@
 """The drill's reference API service: an orders API on a psycopg pool, guard off or on.
 
 ``create_app(AppConfig(dsn))`` builds the FastAPI app; `AppProcess.start(config)` runs it
-as one replica in its own process (``python -m poolwarden.drill.demoapp --port N``, the
+as one replica in its own process (``python -m poolwarden.drill._demo_main --port N``, the
 config in the ``POOLWARDEN_DEMOAPP`` environment variable so the DSN's password never shows
 in ``ps``). ``/metrics`` exports ``http_server_request_duration_seconds`` (OTel HTTP names,
 every final status, the guard's 503 and unhandled 500s included) and the pool's
@@ -11,26 +11,15 @@ app-side bugs the drill replays: connection leaks and transactions left open.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import json
-import logging
-import os
-import pathlib
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Annotated, Any
 
-import httpx
 import psycopg
-import uvicorn
 from fastapi import FastAPI, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CollectorRegistry, Histogram
@@ -42,7 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from poolwarden._dsn import redact_dsn
 from poolwarden.drill import _demo_schema as sql
 from poolwarden.drill._demo_schema import Database, Fault, create_order, create_schema, is_number
-from poolwarden.errors import ConfigError, PoolwardenError
+from poolwarden.errors import ConfigError
 from poolwarden.guard import asgi
 
 __all__ = ["AppConfig", "AppProcess", "create_app", "create_schema"]
@@ -306,135 +295,5 @@ def create_app(config: AppConfig, *, registry: CollectorRegistry | None = None) 
     return app
 
 
-# -- one replica in its own process ----------------------------------------------------------
-
-
-@dataclass(eq=False)
-class AppProcess:
-    """A replica running ``python -m poolwarden.drill.demoapp`` on 127.0.0.1."""
-
-    config: AppConfig
-    port: int
-    log_path: pathlib.Path
-    process: subprocess.Popen[bytes] = field(repr=False)
-    _owns_log: bool = field(default=False, repr=False)
-
-    @property
-    def url(self) -> str:
-        """The base URL, e.g. ``http://127.0.0.1:41234``."""
-        return f"http://127.0.0.1:{self.port}"
-
-    @classmethod
-    def start(
-        cls, config: AppConfig, *, port: int | None = None, log_path: pathlib.Path | None = None
-    ) -> AppProcess:
-        """Start a replica and return once ``/healthz`` answers 200 (within 20 s)."""
-        owns_log = log_path is None
-        if log_path is None:
-            handle, name = tempfile.mkstemp(prefix=f"poolwarden-{config.name}-", suffix=".log")
-            os.close(handle)
-            log_path = pathlib.Path(name)
-        port = _free_port() if port is None else port
-        env = {**os.environ, ENV_VAR: config.to_json()}  # env, not argv: ps shows argv
-        command = [sys.executable, "-m", "poolwarden.drill.demoapp", "--port", str(port)]
-        with log_path.open("ab") as log:
-            process = subprocess.Popen(
-                command, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
-            )
-        app = cls(config, port, log_path, process, owns_log)
-        try:
-            app._wait_healthy(_START_TIMEOUT)
-        except BaseException:
-            app.stop()
-            raise
-        return app
-
-    def _wait_healthy(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        with httpx.Client(timeout=1.0) as client:
-            while time.monotonic() < deadline:
-                code = self.process.poll()
-                if code is not None:
-                    raise PoolwardenError(
-                        f"demo app {self.config.name!r} exited with code {code} during "
-                        f"start-up; log tail: {self._log_tail()}"
-                    )
-                with contextlib.suppress(httpx.HTTPError):
-                    if client.get(f"{self.url}/healthz").status_code == 200:
-                        return
-                time.sleep(0.05)
-        raise PoolwardenError(
-            f"demo app {self.config.name!r} on port {self.port} did not answer /healthz within "
-            f"{timeout:g} s; log tail: {self._log_tail()}"
-        )
-
-    def _log_tail(self, lines: int = 5) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return "(no log)"
-        tail = [line.strip() for line in text.splitlines() if line.strip()][-lines:]
-        return redact_dsn(" | ".join(tail)) or "(empty)"
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop the replica: SIGTERM, then SIGKILL after `timeout` seconds. Idempotent."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout)
-        if self._owns_log:
-            self.log_path.unlink(missing_ok=True)
-            self._owns_log = False
-
-    def set_fault(self, kind: str, **params: float) -> None:
-        """Switch the replica's app-side fault (``POST /_drill/fault``)."""
-        response = httpx.post(
-            f"{self.url}/_drill/fault", json={"kind": kind, **params}, timeout=5.0
-        )
-        if response.status_code != 200:
-            raise ConfigError(
-                f"demo app {self.config.name!r} refused the fault: {response.json()['error']}"
-            )
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class _RedactingFormatter(logging.Formatter):
-    """Format records with any DSN password masked: the log file outlives the drill."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        return redact_dsn(super().format(record))
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run one replica: the config from ``POOLWARDEN_DEMOAPP``, the port from ``--port``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m poolwarden.drill.demoapp",
-        description=f"Serve the drill's orders API; the config JSON comes from ${ENV_VAR}.",
-    )
-    parser.add_argument("--port", type=int, required=True)
-    args = parser.parse_args(argv)
-    try:
-        config = AppConfig.from_json(os.environ.get(ENV_VAR) or "")
-    except ConfigError as exc:
-        print(f"{exc}; set {ENV_VAR} to AppConfig.to_json()", file=sys.stderr)
-        return 2
-    handler = logging.StreamHandler()
-    handler.setFormatter(_RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=logging.WARNING, handlers=[handler])
-    uvicorn.run(
-        create_app(config), host="127.0.0.1", port=args.port, log_level="warning",
-        access_log=False, timeout_graceful_shutdown=2,
-    )  # fmt: skip
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+# AppProcess lives in its own module (the process plumbing); it is part of this API.
+from poolwarden.drill._demo_process import AppProcess  # noqa: E402

@@ -187,11 +187,12 @@ SCENARIOS: Mapping[str, Scenario] = {
     for s in (
         Scenario(
             "oversized_pool", "The postmortem: a pool allowed more connections than the server has",
-            "A deploy sets orders-api's pool to 20 connections per replica. Three replicas "
-            "want 60 of the server's 27 usable slots: the first replicas take them all, the "
-            "last one gets none and every request it receives fails.",
+            "A deploy sets orders-api's pool to 20 connections per replica. Four replicas "
+            "want 80 of the server's 27 usable slots: the first replica restarted takes most "
+            "of them, the others are left with one or two and their requests queue until "
+            "the clients give up.",
             "pool_oversized", 15.0, _oversize, _resize,
-            app={"pool_min": 2, "pool_max": 5, "work_ms": 100}, neighbours=3,
+            replicas=4, app={"pool_min": 1, "pool_max": 4, "work_ms": 150}, neighbours=3,
         ),
         Scenario(
             "connection_leak", "A code path that never returns its connection",

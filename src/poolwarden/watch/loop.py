@@ -126,8 +126,7 @@ class Watcher:
 
     `databases` and `pgbouncers` map names to DSNs; `notifiers` map a channel name to a
     `Notifier`. `clock` (epoch seconds) and `sleep` are injectable for tests; `probes`
-    replaces the real probe functions; `thresholds` (`DiagnosisThresholds`) replaces the
-    diagnosis limits derived from the rules. Call `start()` once, then `tick()` or `run()`;
+    replaces the real probe functions. Call `start()` once, then `tick()` or `run()`;
     `close()` waits (bounded) for notifications in flight. One thread ticks; any thread
     may call `state()`, `read_series()` and `add_recorder()`.
     """
@@ -148,7 +147,6 @@ class Watcher:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], object] = time.sleep,
         probes: Probes | None = None,
-        thresholds: Any = None,
     ) -> None:
         self.store, self.interval, self.probe_timeout = store, interval, probe_timeout
         self._databases, self._pgbouncers = dict(databases or {}), dict(pgbouncers or {})
@@ -158,9 +156,7 @@ class Watcher:
         self._emit, self._clock, self._sleep = on_event, clock, sleep
         self._probes = probes or Probes()
         self.engine = RuleEngine(rules, stale_after=max(10.0, 3 * interval))
-        # The diagnosis's limits follow the rules' thresholds unless given (the drill
-        # compresses its time windows this way).
-        self._thresholds = thresholds if thresholds is not None else _thresholds(rules)
+        self._thresholds = _thresholds(rules)
         self.series = SeriesStore(max_age_s=600.0)
         self.book = IncidentBook()
         count = len(self._databases) + len(self._pgbouncers) + len(self._targets)
