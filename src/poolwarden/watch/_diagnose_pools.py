@@ -85,6 +85,11 @@ def pool_leaks(pools: list[Pool], ctx: Context) -> Iterator[Finding]:
             continue
         recent = all(p.leaks_recent for p in group)
         confidence = (0.9 if recent else 0.6) if leaks > 0 else 0.7
+        # Held long, but busy on the server (idle in a transaction, or running a slow
+        # statement): the checkouts come back, they are slow. Those causes name it better.
+        held_for = _held_on_server(group[0], database, ctx)
+        if held_for:
+            confidence = min(confidence, 0.6)
         used, pool_max = sum(p.used for p in group), max(p.max for p in group)
         evidence = {"leaks": leaks, "used_growth": climb, "used": used, "pool_max": pool_max}
         if leaks > 0:
@@ -93,11 +98,31 @@ def pool_leaks(pools: list[Pool], ctx: Context) -> Iterator[Finding]:
         else:
             said = f"its used connections grew by {climb:g} while its throughput did not"
         summary = f"pool '{name}': {said}; {used:g}/{pool_max:g} in use"
+        summary += f"; its sessions are {held_for} on the server" if held_for else ""
         remedy = (
             f"read the acquiring stacks the guard logs for pool '{name}' (poolwarden.guard) and "
             "return each connection with a context manager"
         )
         yield make_finding("connection_leak", confidence, name, database, evidence, summary, remedy)
+
+
+def _held_on_server(pool: Pool, database: str, ctx: Context) -> str:
+    """Say whether the pool's sessions are idle in a transaction or in a slow statement."""
+    snap = ctx.obs.server(database) if database else None
+    if snap is None:
+        return ""
+    th = ctx.th
+    if any(pool.belongs_to(s.application_name) and s.idle_s >= th.idle_in_transaction_s
+           for s in snap.idle_in_transaction):  # fmt: skip
+        return "idle in transaction"
+    query = snap.oldest_active_query
+    if (
+        query is not None
+        and pool.belongs_to(query.application_name)
+        and query.age_s >= th.slow_query_s
+    ):
+        return "running slow statements"
+    return ""
 
 
 def _climb(pool: Pool, ctx: Context) -> float:
