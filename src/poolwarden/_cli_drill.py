@@ -100,6 +100,7 @@ class _Live:
     def __init__(self, console: Console) -> None:
         self.console = console
         self.guard = False
+        self.ticks = 0
         self.status = console.status("starting", spinner="dots") if console.is_terminal else None
         if self.status is not None:
             self.status.start()
@@ -108,8 +109,11 @@ class _Live:
         """Show one progress report from the runner."""
         text = self._line(kind, data)
         if kind == "tick":
+            self.ticks += 1
             if self.status is not None and text:
                 self.status.update(text)
+            elif text and self.ticks % 5 == 0:  # no terminal (CI, a log): a line each 5 s
+                self.console.print(f"      {text}", highlight=False, style="dim")
             return
         if text:
             self.console.print(text, highlight=False)

@@ -1,8 +1,9 @@
 """`poolwarden drill` on the command line: bad input, the scenario list, a whole quick run.
 
-The run is the README's main command in quick mode, guard off, as a real subprocess: it
-must exit 0, print the report as JSON, and leave a postmortem whose four sections carry
-the impact the drill recorded in the store, with the three charts beside it.
+The run is the README's main command in quick mode (guard off, then on) as a real
+subprocess: it must exit 0, print the report as JSON, pass the default scenario's checks
+(root cause, detection bound, <= 1 % failed with the guard on), and leave a postmortem
+whose four sections carry the impact the drill recorded in the store, with its charts.
 """
 
 from __future__ import annotations
@@ -70,11 +71,18 @@ def test_list_names_every_scenario_the_default_first() -> None:
 def test_the_default_drill_writes_a_postmortem_with_the_figures_from_the_store(
     tmp_path: Path,
 ) -> None:
-    """oversized_pool, guard off: the cause named, a postmortem whose figures the store holds."""
-    result = run("drill", "--quick", "--guard", "off", "--json", "--out", str(tmp_path))
+    """The default drill, guard off then on: its checks pass; the postmortem reads the store."""
+    result = run("drill", "--quick", "--json", "--out", str(tmp_path))
     assert result.returncode == 0, result.stderr[-2000:]
-    (off,) = json.loads(result.stdout)["runs"]
-    assert off["cause"] == "pool_oversized"
+    report = json.loads(result.stdout)
+    off, on = report["runs"]
+    scenario = SCENARIOS[report["scenario"]]
+    assert (report["scenario"], off["guard"], on["guard"]) == ("oversized_pool", False, True)
+    assert off["cause"] == scenario.cause
+    assert off["detected_s"] is not None
+    assert off["detected_s"] <= scenario.detect_within_s
+    assert off["diagnosed_s"] is not None
+    assert on["failed_pct"] <= 1.0
     text = Path(off["postmortem"]).read_text()
     for section in SECTIONS:
         assert f"# {section}" in text
