@@ -125,9 +125,12 @@ class RunContext:
 
     # -- DrillContext -----------------------------------------------------------------
 
-    def deploy(self, **changes: Any) -> None:
+    def deploy(self, *, startup_s: float = 0.0, **changes: Any) -> None:
         """Roll the fleet to a new configuration, one replica at a time."""
-        self.fleet.deploy(lambda name: self._progress("deployed", {"replica": name}), **changes)
+        self.fleet.deploy(
+            lambda name: self._progress("deployed", {"replica": name}), startup_s=startup_s,
+            **changes,
+        )  # fmt: skip
 
     def set_fault(self, kind: str, **params: Any) -> None:
         """Switch an app-side bug on (or off) in every replica."""
@@ -288,15 +291,20 @@ class RunContext:
         fault_at = time.time()
         with self.seen.lock:
             self.seen.fault_at = fault_at
-        fault = await asyncio.to_thread(scenario.inject, self)
-        self._note(fault_at, f"fault injected: {fault}")
-        timeline |= {"fault": fault, "fault_at": fault_at}
+        # A deploy takes seconds: the watch may see its effect before it ends.
+        injecting = asyncio.create_task(asyncio.to_thread(scenario.inject, self))
         cause = await self._await_cause(fault_at)
-        timeline["cause"] = cause
+        fault = await injecting
+        self._note(fault_at, f"fault injected: {fault}")
+        timeline |= {"fault": fault, "fault_at": fault_at, "cause": cause}
         if self.seen.first_alert is None:
             await asyncio.sleep(max(0.0, fault_at + s.quiet_s - time.time()))
             return timeline
         await asyncio.sleep(max(0.0, fault_at + s.hold_s - time.time()))
+        # The diagnosis is refreshed while the fault lasts (a replica restarting when it
+        # was first made is missing from its replica count): act on the latest.
+        cause = await asyncio.to_thread(self._latest_cause) or cause
+        timeline["cause"] = cause
         self._begin("fix")
         fix = await asyncio.to_thread(scenario.fix, self, cause)
         self._note(time.time(), f"remedy applied: {fix}")
@@ -341,6 +349,16 @@ class RunContext:
         with self.seen.lock:
             last = self.seen.causes[-1] if self.seen.causes else None
         return await asyncio.to_thread(self._root_cause, last) if last else None
+
+    def _latest_cause(self) -> RootCause | None:
+        """Return the root cause now on the incident of the expected cause's last naming."""
+        expected = self.settings.scenario.cause
+        with self.seen.lock:
+            named = [c for c in self.seen.causes if c.data.get("cause") == expected]
+        if not named:
+            return None
+        cause = self._root_cause(named[-1])
+        return cause if cause is not None and cause.cause == expected else None
 
     def _root_cause(self, event: WatchEvent) -> RootCause | None:
         """Read the root cause the event announced, with its evidence, from the store."""

@@ -12,6 +12,7 @@ import dataclasses
 import itertools
 import socket
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -69,13 +70,25 @@ class Fleet:
         with ThreadPoolExecutor(self.size) as pool:
             list(pool.map(self._start, range(self.size)))
 
-    def deploy(self, on_replica: Callable[[str], None] = lambda name: None, **changes: Any) -> None:
-        """Roll out `changes` to the configuration, one replica at a time."""
+    def deploy(
+        self,
+        on_replica: Callable[[str], None] = lambda name: None,
+        *,
+        startup_s: float = 0.0,
+        **changes: Any,
+    ) -> None:
+        """Roll out `changes` to the configuration, one replica at a time.
+
+        `startup_s` is the new version's start-up time between the old process going and
+        the new one opening its pool (a JVM warming up, caches loading): the slots the old
+        one freed are up for grabs meanwhile, as in a real rollout.
+        """
         self.config = dataclasses.replace(self.config, **changes)
         for i, name in enumerate(self.names()):
             with self._lock:
                 self._up[i] = False
             self._stop(i)
+            time.sleep(startup_s)
             self._start(i)
             on_replica(name)
 

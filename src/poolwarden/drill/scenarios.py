@@ -24,8 +24,11 @@ class DrillContext(Protocol):
     guard: bool
     quick: bool
 
-    def deploy(self, **changes: Any) -> None:
-        """Roll the fleet to a new app configuration, one replica at a time."""
+    def deploy(self, *, startup_s: float = 0.0, **changes: Any) -> None:
+        """Roll the fleet to a new app configuration, one replica at a time.
+
+        `startup_s`: how long each new version takes to start after the old one stopped.
+        """
 
     def set_fault(self, kind: str, **params: Any) -> None:
         """Switch an app-side bug on in every replica (``"none"`` turns it off)."""
@@ -73,7 +76,9 @@ class Scenario:
 
 
 def _oversize(ctx: DrillContext) -> str:
-    ctx.deploy(pool_min=20, pool_max=20)
+    # The new version takes 2 s to start: the replicas already on it, their pools short of
+    # 20, retry connecting meanwhile and take the slots each old replica frees.
+    ctx.deploy(pool_min=20, pool_max=20, startup_s=2.0)
     return "deploy: orders-api's pool set to 20 connections per replica (min_size = max_size = 20)"
 
 
@@ -192,8 +197,7 @@ SCENARIOS: Mapping[str, Scenario] = {
             "of them, the others are left with one or two and their requests queue until "
             "the clients give up.",
             "pool_oversized", 15.0, _oversize, _resize,
-            replicas=4, app={"pool_min": 1, "pool_max": 4, "work_ms": 150, "pool_max_lifetime": 5.0},
-            neighbours=3,
+            replicas=4, app={"pool_min": 4, "pool_max": 4, "work_ms": 150}, neighbours=3,
         ),
         Scenario(
             "connection_leak", "A code path that never returns its connection",
