@@ -98,3 +98,7 @@ def test_the_default_drill_writes_a_postmortem_with_the_figures_from_the_store(
     assert stamps == sorted(stamps)
     assert len(stamps) >= 4  # fault, alert, root cause, remedy at least
     assert (tmp_path / "drill.md").read_text().startswith("## `oversized_pool`")
+    # The audit of the fleet as the deploy left it is a task: 4 x 20 connections > 27.
+    measures = text[text.index("## Corrective and Preventative Measures") :]
+    assert "(audit `fleet-exceeds-server`: the fleet may open" in measures
+    assert (Path(off["postmortem"]).parent / "topology.yaml").is_file()

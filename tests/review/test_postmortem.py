@@ -18,7 +18,14 @@ from pathlib import Path
 import pytest
 from tests.fixtures.alerts import Event, alert_event, at, counter_ids
 
-from poolwarden.review import SECTIONS, action_items, postmortem_json, render_postmortem
+from poolwarden.review import (
+    SECTIONS,
+    ActionItem,
+    action_items,
+    incident_action_items,
+    postmortem_json,
+    render_postmortem,
+)
 from poolwarden.review.charts import CHART_FILES, write_charts
 from poolwarden.watch.diagnose import CAUSES
 from poolwarden.watch.incidents import Incident, IncidentBook
@@ -417,6 +424,33 @@ def test_notes_are_in_the_timeline_at_their_time(recorded_url: str) -> None:
     assert f"- 12:00:01 - note: {FAULT}\n" in timeline
     assert "- 12:04:50 - note: remedy applied: orders-api restarted with max_size 77" in timeline
     assert "- 12:05:05 - note: impact measured by the load generator" in timeline
+
+
+def test_audit_findings_noted_on_the_incident_become_prevent_tasks(tmp_path: Path) -> None:
+    """Each audit note (once per code) is a 'prevent' task with its fix, before the process
+    tasks; both the Markdown and the JSON list it, read back from the store."""
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    finding = {"audit": "fleet-exceeds-server", "severity": "error",
+               "title": "the fleet may open 83 connections; the server has 27 usable",
+               "fix": "lower orders-api's max_size to 6 per process"}  # fmt: skip
+    with Store(url) as store:
+        store.create_schema()
+        store.save(outage())
+        store.add_note("INC001", at(1), "audit error fleet-exceeds-server", finding)
+        store.add_note("INC001", at(2), "audit error fleet-exceeds-server again", finding)
+        incident = store.get_incident("INC001")
+    assert incident is not None
+    items = incident_action_items(incident)
+    task = ActionItem(
+        "prevent",
+        "lower orders-api's max_size to 6 per process (audit `fleet-exceeds-server`: the "
+        "fleet may open 83 connections; the server has 27 usable)",
+    )
+    assert items == (*action_items(incident.root_cause)[:-2], task,
+                     *action_items(incident.root_cause)[-2:])  # fmt: skip
+    assert task.text in render_postmortem(incident)
+    json_items = postmortem_json(incident)["action_items"]
+    assert {"type": "prevent", "text": task.text} in json_items  # type: ignore[operator]
 
 
 def test_without_samples_or_note_the_impact_says_not_measured() -> None:

@@ -60,6 +60,7 @@ def finish(ctx: RunContext, store: Store, timeline: dict[str, Any]) -> RunResult
     charts: tuple[str, ...] = ()
     if incident_id:
         _annotate(ctx, store, incident_id, phases, users, affected)
+        _audit_notes(ctx, store, incident_id, timeline)
         postmortem, charts = _write_postmortem(store, incident_id, settings.out_dir)
     return RunResult(
         scenario=scenario.name, guard=settings.guard, fault=str(timeline.get("fault", "")),
@@ -111,6 +112,27 @@ def _annotate(
     data = {"requests": requests, "failed": failed, "rejected": rejected, "users": users,
             "users_affected": affected}  # fmt: skip
     add_note(incident_id, datetime.now(UTC), text, data)
+
+
+def _audit_notes(ctx: RunContext, store: Store, incident_id: str, timeline: dict[str, Any]) -> None:
+    """Audit the fleet as the fault left it; note each finding on the incident."""
+    from poolwarden.drill._drill_audit import audit_fleet
+
+    config = timeline.get("fleet_config")
+    if config is None:
+        return
+    scenario = ctx.settings.scenario
+    try:
+        findings = audit_fleet(config, scenario.replicas, scenario.neighbours,
+                               ctx.server.admin_dsn(), ctx.settings.out_dir)  # fmt: skip
+    except Exception as exc:  # the audit adds to the postmortem; it must not lose it
+        _log.warning("drill: audit of the fleet failed: %s", exc)
+        return
+    at = datetime.fromtimestamp(float(timeline["fault_at"]), UTC)
+    for f in findings:
+        text = f"audit {f.severity} {f.code}: {f.title}"
+        store.add_note(incident_id, at, text, {"audit": f.code, "severity": f.severity,
+                                               "title": f.title, "fix": f.fix})  # fmt: skip
 
 
 def _write_postmortem(

@@ -296,7 +296,8 @@ class RunContext:
         cause = await self._await_cause(fault_at)
         fault = await injecting
         self._note(fault_at, f"fault injected: {fault}")
-        timeline |= {"fault": fault, "fault_at": fault_at, "cause": cause}
+        timeline |= {"fault": fault, "fault_at": fault_at, "cause": cause,
+                     "fleet_config": self.fleet.config}  # fmt: skip
         if self.seen.first_alert is None:
             await asyncio.sleep(max(0.0, fault_at + s.quiet_s - time.time()))
             return timeline

@@ -16,6 +16,7 @@ from poolwarden.review.postmortem import (
     SECTIONS,
     ActionItem,
     action_items,
+    incident_action_items,
     postmortem_json,
     render_postmortem,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "Impact",
     "SECTIONS",
     "action_items",
+    "incident_action_items",
     "incident_impact",
     "incident_window",
     "postmortem_json",

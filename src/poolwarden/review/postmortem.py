@@ -31,6 +31,7 @@ __all__ = [
     "Impact",
     "SECTIONS",
     "action_items",
+    "incident_action_items",
     "incident_impact",
     "incident_window",
     "postmortem_json",
@@ -183,6 +184,28 @@ def action_items(root_cause: RootCause | None) -> tuple[ActionItem, ...]:
     return tuple(ActionItem(kind, redact_dsn(text)) for kind, text in planned)
 
 
+def incident_action_items(incident: Incident) -> tuple[ActionItem, ...]:
+    """Return the root cause's action items plus one per audit finding noted on the incident."""
+    items = list(action_items(incident.root_cause))
+    seen: set[str] = set()
+    for event in incident.timeline:
+        code, fix = event.data.get("audit"), event.data.get("fix")
+        if (
+            event.kind == "note"
+            and isinstance(code, str)
+            and isinstance(fix, str)
+            and code not in seen
+        ):
+            seen.add(code)
+            title = str(event.data.get("title", code))
+            # Before the process items: a setting to change is a prevention.
+            items.insert(
+                len(items) - 2,
+                ActionItem("prevent", redact_dsn(f"{fix} (audit `{code}`: {title})")),
+            )
+    return tuple(items)
+
+
 def render_postmortem(
     incident: Incident,
     *,
@@ -202,7 +225,7 @@ def render_postmortem(
         *([md.charts(charts)] if charts else []),
         md.timeline(incident, now),
         md.root_cause(incident),
-        md.measures(action_items(incident.root_cause)),
+        md.measures(incident_action_items(incident)),
     ]
     # Belt and braces: each field was redacted on the way in, the whole text is again.
     return redact_dsn("\n\n".join(parts) + "\n")
@@ -236,7 +259,7 @@ def postmortem_json(
         "timeline": [
             {"at": md.iso(e.at), "kind": e.kind, "text": e.text} for e in incident.timeline
         ],
-        "action_items": [{"type": a.type, "text": a.text} for a in action_items(cause)],
+        "action_items": [{"type": a.type, "text": a.text} for a in incident_action_items(incident)],
     }
     redacted = _redacted(document)
     assert isinstance(redacted, dict)
