@@ -3,7 +3,8 @@
 The run is the README's main command in quick mode (guard off, then on) as a real
 subprocess: it must exit 0, print the report as JSON, pass the default scenario's checks
 (root cause, detection bound, <= 1 % failed with the guard on), and leave a postmortem
-whose four sections carry the impact the drill recorded in the store, with its charts.
+whose four sections carry the impact the drill recorded in the store, with its charts,
+and no password anywhere in what it wrote or printed.
 """
 
 from __future__ import annotations
@@ -102,3 +103,8 @@ def test_the_default_drill_writes_a_postmortem_with_the_figures_from_the_store(
     measures = text[text.index("## Corrective and Preventative Measures") :]
     assert "(audit `fleet-exceeds-server`: the fleet may open" in measures
     assert (Path(off["postmortem"]).parent / "topology.yaml").is_file()
+    # The roles' random passwords never leave the process: not in any file, not printed.
+    secret = re.compile(rb"(orders_app|billing_worker|reporting):[^@\s/]+@")
+    leaked = [p for p in tmp_path.rglob("*") if p.is_file() and secret.search(p.read_bytes())]
+    assert leaked == []
+    assert not secret.search((result.stdout + result.stderr).encode())
