@@ -52,7 +52,7 @@ class AppProcess:
             handle, name = tempfile.mkstemp(prefix=f"poolwarden-{config.name}-", suffix=".log")
             os.close(handle)
             log_path = pathlib.Path(name)
-        port = _free_port() if port is None else port
+        port = free_port() if port is None else port
         env = {**os.environ, ENV_VAR: config.to_json()}  # env, not argv: ps shows argv
         command = [sys.executable, "-m", "poolwarden.drill._demo_main", "--port", str(port)]
         with log_path.open("ab") as log:
@@ -118,7 +118,8 @@ class AppProcess:
             )
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """Return a free TCP port on 127.0.0.1 (the replicas' and the drill server's)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])

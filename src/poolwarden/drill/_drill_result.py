@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -94,11 +94,8 @@ def _annotate(
     affected: int,
 ) -> None:
     """Add the fault, the remedy and the measured impact to the incident's timeline."""
-    add_note = getattr(store, "add_note", None)
-    if add_note is None:  # pragma: no cover - notes are being added to the store
-        return
     for at, text, data in ctx.notes:
-        add_note(incident_id, at, text, data)
+        store.add_note(incident_id, at, text, data)
     hit = [p for p in phases if p.name != "baseline"]
     requests = sum(p.requests for p in hit)
     failed = sum(p.failed for p in hit)
@@ -111,7 +108,7 @@ def _annotate(
     )
     data = {"requests": requests, "failed": failed, "rejected": rejected, "users": users,
             "users_affected": affected}  # fmt: skip
-    add_note(incident_id, datetime.now(UTC), text, data)
+    store.add_note(incident_id, datetime.now(UTC), text, data)
 
 
 def _audit_notes(ctx: RunContext, store: Store, incident_id: str, timeline: dict[str, Any]) -> None:
@@ -139,22 +136,18 @@ def _write_postmortem(
     store: Store, incident_id: str, out_dir: Path
 ) -> tuple[str | None, tuple[str, ...]]:
     """Write postmortem.md and its charts into `out_dir`; return their paths."""
-    from poolwarden.review import postmortem as pm
+    from poolwarden.review.charts import write_charts
+    from poolwarden.review.postmortem import incident_window, render_postmortem
 
     incident: Incident | None = store.get_incident(incident_id)
     if incident is None:
         return None, ()
-    samples: Any = ()
-    charts: tuple[Path, ...] = ()
-    try:
-        from poolwarden.review.charts import write_charts
-
-        end = incident.resolved_at or datetime.now(UTC)
-        samples = store.read_samples(incident.opened_at - timedelta(seconds=60), end)
-        charts = write_charts(incident, samples, out_dir)
-    except ImportError:  # pragma: no cover - charts are being written
-        pass
-    text = pm.render_postmortem(incident, samples=samples, charts=charts)
+    now = datetime.now(UTC)
+    start, end = incident_window(incident, now)  # the window `poolwarden postmortem` reads
+    samples = store.read_samples(start, end or now)
+    charts = write_charts(incident, samples, out_dir)
     path = out_dir / "postmortem.md"
-    path.write_text(text)
+    partial = path.with_suffix(".md.tmp")  # written whole, then renamed: never half a file
+    partial.write_text(render_postmortem(incident, samples=samples, charts=charts, now=now))
+    partial.replace(path)
     return str(path), tuple(str(c) for c in charts)

@@ -25,6 +25,7 @@ from poolwarden.drill.scenarios import Scenario
 from poolwarden.watch.incidents import RootCause
 from poolwarden.watch.loop import Watcher, WatchEvent
 from poolwarden.watch.rules import load_rules
+from poolwarden.watch.samples import sample_recorder
 from poolwarden.watch.store import Store
 
 _log = logging.getLogger("poolwarden.drill")
@@ -87,7 +88,6 @@ class _Seen:
     """What the watch reported, written by the watcher's thread, read by the driver."""
 
     fault_at: float = 0.0  # epoch; 0 until the fault is injected
-    baseline_alerts: list[str] = field(default_factory=list)
     first_alert: WatchEvent | None = None
     fired: list[WatchEvent] = field(default_factory=list)  # after the fault
     causes: list[WatchEvent] = field(default_factory=list)
@@ -226,7 +226,7 @@ class RunContext:
                 # pools starve): look again every 3 ticks, not 10, for the better cause.
                 diagnose_every=3,
             )  # fmt: skip
-            _attach_samples(self.watcher, store)
+            self.watcher.add_recorder(sample_recorder(store))  # for the postmortem's charts
             self.watcher.start()
             ticking = threading.Thread(target=self.watcher.run, kwargs={"stop": stop_watch},
                                        name="poolwarden-drill-watch", daemon=True)  # fmt: skip
@@ -247,9 +247,7 @@ class RunContext:
         seen = self.seen
         with seen.lock:
             if event.kind == "alert_fired":
-                if not seen.fault_at:
-                    seen.baseline_alerts.append(str(event.data.get("rule", "")))
-                else:
+                if seen.fault_at:  # an alert before the fault is no detection of it
                     seen.fired.append(event)
                     seen.first_alert = seen.first_alert or event
             elif event.kind == "root_cause" and seen.fault_at:
@@ -402,12 +400,3 @@ class RunContext:
     def notes(self) -> list[tuple[datetime, str, dict[str, Any]]]:
         """Return the notes the run made (fault injected, remedy applied)."""
         return self._notes
-
-
-def _attach_samples(watcher: Watcher, store: Store) -> None:
-    """Persist the series a postmortem charts, when the store supports samples."""
-    try:
-        from poolwarden.watch.samples import sample_recorder
-    except ImportError:  # pragma: no cover - samples.py is being written
-        return
-    watcher.add_recorder(sample_recorder(store))

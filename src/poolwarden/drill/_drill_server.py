@@ -10,13 +10,13 @@ the guard off and on start from the same data.
 from __future__ import annotations
 
 import secrets
-import socket
 import time
 from pathlib import Path
 
 import psycopg
 from psycopg import sql
 
+from poolwarden.drill._demo_process import free_port
 from poolwarden.drill._demo_schema import create_schema
 from poolwarden.embedded import EmbeddedServer
 
@@ -26,19 +26,13 @@ DATABASE = "orders"
 _TEMPLATE = "orders_template"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class DrillServer:
     """An embedded server in `root`, with the drill's roles and the seeded template."""
 
     def __init__(self, root: Path, *, max_connections: int) -> None:
         self.embedded = EmbeddedServer(root / "data")
         self.max_connections = max_connections
-        self.port = _free_port()
+        self.port = free_port()
         self._password = secrets.token_urlsafe(18)
 
     def start(self) -> None:

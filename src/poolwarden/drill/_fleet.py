@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -18,14 +17,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from poolwarden.drill._demo_process import free_port
 from poolwarden.drill.demoapp import AppConfig, AppProcess
 from poolwarden.watch.observation import TargetInfo
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Fleet:
@@ -34,7 +28,7 @@ class Fleet:
     def __init__(self, config: AppConfig, replicas: int, log_dir: Path, database: str) -> None:
         self.config = dataclasses.replace(config, replicas=replicas)
         self.database = database
-        self._ports = [_free_port() for _ in range(replicas)]
+        self._ports = [free_port() for _ in range(replicas)]
         self._logs = [log_dir / f"{config.name}-{i}.log" for i in range(replicas)]
         self._procs: list[AppProcess | None] = [None] * replicas
         self._up: list[bool] = [False] * replicas

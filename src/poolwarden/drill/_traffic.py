@@ -11,6 +11,7 @@ and keeps a per-second series for the live display.
 from __future__ import annotations
 
 import bisect
+import itertools
 import random
 import threading
 import time
@@ -47,6 +48,7 @@ _MIX = (
     (25, "POST", "/orders"),
     (5, "GET", "/reports/revenue?days=30"),
 )
+_CUM_WEIGHTS = tuple(itertools.accumulate(weight for weight, _, _ in _MIX))
 
 
 class Traffic:
@@ -74,7 +76,7 @@ class Traffic:
         rnd = self._random
         user = rnd.randrange(self.users)
         self.seen.add(user)
-        _, method, template = rnd.choices(_MIX, weights=[m[0] for m in _MIX])[0]
+        _, method, template = rnd.choices(_MIX, cum_weights=_CUM_WEIGHTS)[0]
         try:
             base = self.fleet.pick()
             if base is None:

@@ -8,7 +8,6 @@ diagnosis's evidence, the way an on-call engineer would. Reference: docs/drill.m
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -254,8 +253,3 @@ def get_scenario(name: str) -> Scenario:
     except KeyError:
         known = ", ".join(SCENARIOS)
         raise ValueError(f"unknown scenario {name!r}; choose one of: {known}") from None
-
-
-def quick_rate(scenario: Scenario, quick: bool) -> float:
-    """Return the scenario's base request rate (quick mode keeps it as is)."""
-    return scenario.rate if quick else math.floor(scenario.rate * 1.5)
